@@ -1,0 +1,1 @@
+"""Model building and loading: the CCSR ControlNet and the release-layout loader."""

@@ -1,0 +1,317 @@
+"""``CCSRPipeline``: CCSR-v2 inference (spec §1.3-1.9) as a diffusers pipeline.
+
+    >>> pipe = CCSRPipeline.from_pretrained("preset/models", torch_dtype=torch.float16).to("cuda")
+    >>> out = pipe(Image.open("lr.png"), steps=1, generator=torch.Generator().manual_seed(0))
+    >>> out.images[0].save("sr.png"); out.timesteps, out.num_network_evals
+    ((999,), 1)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ccsr.color import COLOR_FIXES, apply_color_fix
+from ccsr.denoiser import predict_eps
+from ccsr.diffusion import add_noise, predict_x0
+from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
+from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
+from ccsr.tiling import tiled_apply
+
+DEFAULT_PROMPT = "clean, high-resolution, 8k"
+DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
+InitialPrompt = Literal["reference", "positive", "cfg"]
+INITIAL_PROMPTS = ("reference", "positive", "cfg")
+GeneratorArg = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class CCSRPipelineOutput(BaseOutput):
+    """``images``: list of PIL images, ``(B, H, W, 3)`` float array, ``(B, 3, H, W)`` tensor in ``[0, 1]``,
+    or the final latents ``(B, 4, h, w)`` for ``output_type="latent"``.
+    ``timesteps``: the timesteps at which the denoiser ran; ``num_network_evals``: how many runs."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+    timesteps: tuple[int, ...]
+    num_network_evals: int
+
+
+class CCSRPipeline(DiffusionPipeline):
+    """Two-stage CCSR-v2 super-resolution: truncated diffusion with a latent ControlNet (stage 1)
+    and a GAN-fine-tuned VAE decoder (stage 2)."""
+
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+
+    def __init__(self, unet, controlnet, vae, text_encoder, tokenizer, scheduler) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+        )
+        self._prompt_cache: dict[tuple, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        base: str | os.PathLike | None = None,
+        controlnet: str | os.PathLike | None = None,
+        vae: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | None = None,
+        allow_pickle: bool = False,
+    ) -> CCSRPipeline:
+        """Load from the official release layout, a single folder, or a Hub repo id (see
+        :mod:`ccsr.models.loading`). ``base``/``controlnet``/``vae`` override single components."""
+        from ccsr.models.loading import load_components
+
+        c = load_components(
+            pretrained_model_name_or_path, base, controlnet, vae, torch_dtype=torch_dtype, allow_pickle=allow_pickle
+        )
+        pipe = cls(c.unet, c.controlnet, c.vae, c.text_encoder, c.tokenizer, c.scheduler)
+        pipe.component_paths = c.paths
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: object) -> None:
+        """Write the single-folder layout (``unet/ vae/ controlnet/ text_encoder/ tokenizer/ scheduler/``)."""
+        from ccsr.models.controlnet import save_ccsr_controlnet
+
+        root = os.fspath(save_directory)
+        os.makedirs(root, exist_ok=True)
+        self.unet.save_pretrained(os.path.join(root, "unet"), safe_serialization=True)
+        self.vae.save_pretrained(os.path.join(root, "vae"), safe_serialization=True)
+        self.text_encoder.save_pretrained(os.path.join(root, "text_encoder"), safe_serialization=True)
+        self.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
+        self.scheduler.save_pretrained(os.path.join(root, "scheduler"))
+        save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"))
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Last hidden state of the text encoder, ``(1, 77, D)``; cached per prompt."""
+        key = (prompt, str(self._execution_device), self.text_encoder.dtype)
+        if key not in self._prompt_cache:
+            ids = self.tokenizer(
+                prompt,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self._execution_device)
+            self._prompt_cache[key] = self.text_encoder(ids)[0]
+        return self._prompt_cache[key]
+
+    def resolve_schedule(
+        self,
+        steps: int | None,
+        num_inference_steps: int | None,
+        t_max: float | None,
+        t_min: float | None,
+        guidance_scale: float | None,
+        start_timestep: int,
+    ) -> tuple[CCSRSchedule, float]:
+        """User step count + expert overrides -> (schedule, guidance scale)."""
+        preset = preset_for_steps(1 if steps is None else steps)
+        n = preset.num_inference_steps if num_inference_steps is None else num_inference_steps
+        g = preset.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if g < 0:
+            raise ValueError(f"guidance_scale={g} must be >= 0")
+        self.scheduler.set_timesteps(n)
+        grid = [int(t) for t in self.scheduler.timesteps]
+        sched = make_schedule(
+            grid,
+            preset.t_max if t_max is None else t_max,
+            preset.t_min if t_min is None else t_min,
+            start_timestep,
+        )
+        return sched, g
+
+    def _randn(self, shape: tuple[int, ...], generator: GeneratorArg) -> torch.Tensor:
+        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in ``[0, 1]``; an fp16 decode that overflows is redone in fp32."""
+        z = latents / self.vae.config.scaling_factor
+        img = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        if self.vae.dtype != torch.float32 and not torch.isfinite(img).all():
+            dtype = self.vae.dtype
+            self.vae.to(torch.float32)
+            try:
+                img = self.vae.decode(z.float(), return_dict=False)[0]
+            finally:
+                self.vae.to(dtype)
+        return (img.float() / 2 + 0.5).clamp(0, 1)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Image.Image | list[Image.Image],
+        steps: int | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        t_max: float | None = None,
+        t_min: float | None = None,
+        guidance_scale: float | None = None,
+        prompt: str = DEFAULT_PROMPT,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        upscale: int = 4,
+        process_size: int = 512,
+        color_fix: str = "adain",
+        start_timestep: int = DEFAULT_START_TIMESTEP,
+        start_point: Literal["lr", "noise"] = "lr",
+        initial_prompt: InitialPrompt = "reference",
+        lr_latent: Literal["sample", "mode"] = "sample",
+        conditioning_scale: float = 1.0,
+        generator: GeneratorArg = None,
+        latents: torch.Tensor | None = None,
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+        tile_batch: int = 1,
+        vae_tiling: bool = False,
+        output_type: Literal["pil", "np", "pt", "latent"] = "pil",
+        return_dict: bool = True,
+    ) -> CCSRPipelineOutput | tuple:
+        """Super-resolve ``image`` (one PIL image, or a list of equally sized ones).
+
+        Args:
+            steps: denoiser evaluations: 1 = CCSR-S1 (default), 2 = CCSR-S2, k = S2 subdivided
+                (:func:`ccsr.schedule.preset_for_steps`). ``num_inference_steps``, ``t_max``, ``t_min``
+                and ``guidance_scale`` override the preset (the reference's knobs).
+            upscale, process_size: the reference's resize plan (:func:`ccsr.image.plan_resize`).
+            color_fix: ``"adain"`` (reference default), ``"wavelet"`` or ``"none"``.
+            start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
+            initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
+                ``"reference"`` uses the negative prompt (as the published code and results),
+                ``"positive"`` the positive prompt, ``"cfg"`` applies classifier-free guidance there too.
+            lr_latent: ``"sample"`` the VAE posterior (reference) or its ``"mode"`` (deterministic).
+            generator: every random draw (initial noise, posterior sample, re-noising, DDPM noise)
+                comes from it; pass one generator per image for batch-independent results.
+            latents: initial noise ``(B, 4, H/8, W/8)`` instead of drawing it.
+            tile_size, tile_stride: latent-tiled diffusion with windows of this many *pixels*
+                (reference: 512 / 256); ``None`` runs the whole latent at once.
+            tile_batch: tiles per network call when tiling.
+            vae_tiling: tiled VAE encode/decode (diffusers ``enable_tiling``) for large images.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` (float in [0, 1]) or ``"latent"``.
+        """
+        # 1. Check inputs.
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        if not images or not all(isinstance(im, Image.Image) for im in images):
+            raise TypeError("image must be a PIL.Image.Image or a non-empty list of them")
+        if len({im.size for im in images}) != 1:
+            raise ValueError(f"images in one call must share a size, got {sorted({im.size for im in images})}")
+        if color_fix not in COLOR_FIXES and color_fix != "nofix":
+            raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+        if start_point not in ("lr", "noise"):
+            raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")
+        if initial_prompt not in INITIAL_PROMPTS:
+            raise ValueError(f"initial_prompt={initial_prompt!r} must be one of {INITIAL_PROMPTS}")
+        if lr_latent not in ("sample", "mode"):
+            raise ValueError(f"lr_latent={lr_latent!r} must be 'sample' or 'mode'")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type={output_type!r} must be 'pil', 'np', 'pt' or 'latent'")
+        b = len(images)
+        if isinstance(generator, list) and len(generator) != b:
+            raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
+        schedule, g = self.resolve_schedule(steps, num_inference_steps, t_max, t_min, guidance_scale, start_timestep)
+        cfg = g > 1.0
+        device = self._execution_device
+
+        # 2. Pre-process: resize plan, canvas in [0, 1].
+        plan = plan_resize(images[0].size, upscale, process_size)
+        canvas = torch.cat([pil_to_tensor(make_canvas(im.convert("RGB"), plan)) for im in images]).to(device)
+        f = self.vae_scale_factor
+        latent_shape = (b, self.unet.config.in_channels, canvas.shape[2] // f, canvas.shape[3] // f)
+        if latents is not None and tuple(latents.shape) != latent_shape:
+            raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {latent_shape} for this image")
+        tiles = None
+        if tile_size is not None:
+            stride = tile_stride if tile_stride is not None else tile_size // 2
+            if tile_size % f or stride % f or stride <= 0 or stride > tile_size:
+                raise ValueError(
+                    f"tile_size={tile_size} and tile_stride={stride} must be multiples of {f} with 0 < stride <= size"
+                )
+            tiles = (tile_size // f, stride // f)
+
+        # 3. Text embeddings (cached across calls).
+        pos = self.encode_prompt(prompt)
+        neg = self.encode_prompt(negative_prompt) if (cfg or initial_prompt == "cfg") else None
+
+        # 4. Noise first, then the LR latent (posterior sample), both from the generator.
+        noise = latents.to(device, torch.float32) if latents is not None else self._randn(latent_shape, generator)
+        if vae_tiling:
+            self.vae.enable_tiling()
+        try:
+            dist = self.vae.encode((canvas * 2 - 1).to(self.vae.dtype)).latent_dist
+            z = dist.sample(generator=generator) if lr_latent == "sample" else dist.mode()
+            z_lr = z.float() * self.vae.config.scaling_factor
+            alphas = self.scheduler.alphas_cumprod
+
+            def eps_at(x: torch.Tensor, t: int, guided: bool, single: torch.Tensor) -> torch.Tensor:
+                def fn(xt: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+                    n = xt.shape[0]
+                    if not guided:
+                        return predict_eps(self.unet, self.controlnet, xt, t, single, zt, conditioning_scale).float()
+                    emb = torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)])
+                    e = predict_eps(
+                        self.unet, self.controlnet, torch.cat([xt, xt]), t, emb, torch.cat([zt, zt]), conditioning_scale
+                    ).float()
+                    e_neg, e_pos = e.chunk(2)
+                    return e_neg + g * (e_pos - e_neg)
+
+                if tiles is None:
+                    return fn(x, z_lr)
+                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch)
+
+            # 5. Extraction step at start_timestep (CCSR's one jump from the LR latent).
+            x = add_noise(z_lr, noise, start_timestep, alphas) if start_point == "lr" else noise
+            if schedule.start_timestep is not None:
+                t0 = schedule.start_timestep
+                if initial_prompt == "cfg" and g > 1.0:
+                    eps = eps_at(x, t0, True, pos)
+                else:
+                    first = neg if (cfg and initial_prompt == "reference") else pos
+                    eps = eps_at(x, t0, False, first)
+                x0 = predict_x0(x, eps, t0, alphas)
+                x = add_noise(x0, self._randn(latent_shape, generator), schedule.tau, alphas) if schedule.loop else x0
+
+            # 6. Truncated DDPM loop with classifier-free guidance.
+            for i, t in enumerate(schedule.loop):
+                eps = eps_at(x, t, cfg, pos)
+                if schedule.final_x0 and i == len(schedule.loop) - 1:
+                    x = predict_x0(x, eps, t, alphas)
+                else:
+                    x = self.scheduler.step(eps, t, x, generator=generator, return_dict=False)[0].float()
+
+            if output_type == "latent":
+                result: object = x
+            else:
+                # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
+                sr = self._decode(x)
+                sr = apply_color_fix(sr, canvas, color_fix)
+                sr = resize_float(sr, plan.output_size).clamp(0, 1)
+                if output_type == "pil":
+                    result = tensor_to_pil(sr)
+                elif output_type == "np":
+                    result = sr.permute(0, 2, 3, 1).cpu().numpy()
+                else:
+                    result = sr
+        finally:
+            if vae_tiling:
+                self.vae.disable_tiling()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return result, schedule.timesteps, schedule.num_network_evals
+        return CCSRPipelineOutput(result, schedule.timesteps, schedule.num_network_evals)
