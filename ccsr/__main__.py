@@ -1,0 +1,5 @@
+import sys
+
+from ccsr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""``ccsr`` console script: a thin dispatcher over ``ccsr.commands.<name>`` modules.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``,
+and imports heavy libraries (torch, diffusers, pyiqa) only inside ``main``, so ``ccsr --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: command name -> module; the module is imported only when the command runs or asks for help.
+COMMANDS: dict[str, str] = {
+    "upscale": "ccsr.commands.upscale",
+    "evaluate": "ccsr.commands.evaluate",
+    "stability": "ccsr.commands.stability",
+    "train": "ccsr.commands.train",
+}
+
+
+def _available() -> dict[str, str]:
+    out = {}
+    for name, mod in COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = mod
+    return out
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    from ccsr import __version__
+
+    parser = argparse.ArgumentParser(prog="ccsr", description="Content-consistent diffusion super-resolution (CCSR-v2).")
+    parser.add_argument("--version", action="version", version=f"ccsr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod_name in _available().items():
+        if only is not None and name != only:
+            sub.add_parser(name, help="(run 'ccsr %s --help')" % name)
+            continue
+        mod = importlib.import_module(mod_name)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 2
+    return int(args._module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ccsr`` console script (see :mod:`ccsr.cli`)."""
