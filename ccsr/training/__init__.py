@@ -1,0 +1,1 @@
+"""Training: one accelerate loop (:mod:`ccsr.training.loop`) and a step object per stage."""

@@ -1,0 +1,445 @@
+"""The one training loop, shared by every stage: accelerate does devices, precision and processes.
+
+A stage is a :class:`TrainStep` object; the loop knows nothing about diffusion. The contract:
+
+* ``modules() -> dict[str, nn.Module]``: every module accelerate must prepare and checkpoint
+  (trainable, or holding state that must be saved). Frozen backbones the step only *uses*
+  (UNet, VAE, text encoder) stay out: the step moves them itself in :meth:`TrainStep.bind`.
+* ``optimizer_groups() -> dict[str, list[nn.Parameter]]``: one AdamW and one LR schedule per key,
+  e.g. ``{"controlnet": [...]}`` or ``{"generator": [...], "discriminator": [...]}``.
+* ``__call__(batch, global_step) -> StepOutput``: ``losses`` holds one scalar per optimizer key,
+  **in the same order**; the loop back-propagates them in that order, each followed by its own
+  gradient clip, optimizer step, LR-schedule step and ``zero_grad``. A GAN step freezes the
+  discriminator (``requires_grad_(False)``) while it builds the generator loss and detaches the
+  generator output in the discriminator loss, so each loss only reaches its own parameters.
+  ``batch`` is already on ``accelerator.device``; the call runs under ``accelerator.autocast()``.
+* ``export(output_dir) -> Path``: write the release-layout artefact (stage 1: ``controlnet/``).
+  Called on the main process at the end, with EMA weights swapped in when EMA is on.
+* ``validate(batch) -> dict[str, Tensor]``: named image batches ``(B, 3, H, W)`` in ``[0, 1]``,
+  logged to tensorboard and written as PNGs; main process, ``torch.no_grad``, EMA weights.
+* ``bind(accelerator, prepared)``: called once after ``accelerator.prepare``. The default stores
+  the accelerator and sets each prepared (possibly DDP-wrapped) module as an attribute of the
+  same name, so ``__call__`` must use ``self.<name>`` (e.g. ``self.controlnet``); use
+  :meth:`TrainStep.unwrap` to reach the bare module (export, validation). Override it to move frozen
+  modules to ``accelerator.device`` in :func:`weight_dtype` (call ``super().bind`` first).
+
+Resume (``train.resume_from_checkpoint: latest``) restores models, optimizers, schedulers, EMA, the
+python/numpy/torch RNG states and the data position: the sampler's order and every crop are a pure
+function of (seed, epoch, index), and the loop skips the batches already seen in the epoch, so a
+resumed run replays an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ccsr.config import LoopConfig, OptimizerConfig, config_to_dict, save_config
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class StepOutput:
+    """What a step returns: ``losses`` (one scalar tensor per optimizer key, in order) and extra ``logs``."""
+
+    losses: dict[str, torch.Tensor]
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class TrainStep:
+    """Base class of a training stage; see the module docstring for the contract."""
+
+    accelerator: Any = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, Any], global_step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def export(self, output_dir: str | os.PathLike) -> Path:
+        raise NotImplementedError
+
+    def validate(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def bind(self, accelerator, prepared: dict[str, nn.Module]) -> None:
+        self.accelerator = accelerator
+        for name, module in prepared.items():
+            setattr(self, name, module)
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The bare module behind a prepared (DDP / compiled) one."""
+        module = getattr(self, name)
+        return self.accelerator.unwrap_model(module) if self.accelerator is not None else module
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade compute for memory; the default covers :meth:`modules`, a step adds frozen backbones."""
+        for module in self.modules().values():
+            if getattr(module, "_supports_gradient_checkpointing", False):
+                module.enable_gradient_checkpointing()
+
+
+def weight_dtype(accelerator) -> torch.dtype:
+    """Dtype for frozen modules: the mixed-precision dtype (the reference casts UNet/VAE/text encoder to it)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``: the same in every process
+    (accelerate shards the batches) and the same after a resume."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng((self.seed, self.epoch)).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    history: list[dict[str, float]]  # one entry per micro-batch of this run: step, losses, logs
+    export_dir: Path | None
+
+
+class _Progress:
+    """The loop's own checkpointed state."""
+
+    def __init__(self) -> None:
+        self.global_step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_step = int(state["global_step"])
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``output_dir/checkpoints``, oldest first (half-written ones are hidden)."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def _resolve_resume(cfg: LoopConfig) -> Path | None:
+    if cfg.resume_from_checkpoint is None:
+        return None
+    if cfg.resume_from_checkpoint == "latest":
+        found = list_checkpoints(cfg.output_dir)
+        if not found:
+            logger.warning(
+                "resume_from_checkpoint=latest: no checkpoint in %s/%s; starting from scratch",
+                cfg.output_dir,
+                CHECKPOINT_DIR,
+            )
+            return None
+        return found[-1]
+    path = Path(cfg.resume_from_checkpoint)
+    if not (path / "random_states_0.pkl").is_file():
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={path}: not a checkpoint folder (no random_states_0.pkl); "
+            f"use 'latest' or one of {[str(p) for p in list_checkpoints(cfg.output_dir)]}"
+        )
+    return path
+
+
+def _make_optimizer(params: list[nn.Parameter], optim: OptimizerConfig) -> torch.optim.Optimizer:
+    kwargs = dict(
+        lr=optim.learning_rate,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        weight_decay=optim.adam_weight_decay,
+        eps=optim.adam_epsilon,
+    )
+    if optim.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ImportError(
+                "optimizer.use_8bit_adam=true needs bitsandbytes: pip install bitsandbytes (or set it to false)"
+            ) from e
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Tensorboard hparams accept only scalars and strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _save_images(images: dict[str, torch.Tensor], folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, batch in images.items():
+        arr = (
+            (batch.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255)
+            .round()
+            .astype(np.uint8)
+        )
+        for i, im in enumerate(arr):
+            Image.fromarray(im).save(folder / f"{i:02d}_{name}.png")
+
+
+def train(
+    step: TrainStep,
+    train_dataset: Dataset,
+    cfg: LoopConfig,
+    optim: OptimizerConfig,
+    *,
+    num_workers: int = 0,
+    val_dataset: Dataset | None = None,
+    val_max_images: int = 4,
+    config: Any = None,
+    project_name: str = "ccsr",
+) -> TrainResult:
+    """Train ``step`` for ``cfg.max_train_steps`` optimizer updates, then export it.
+
+    ``train_dataset`` items are dicts of tensors; an optional ``set_epoch(epoch)`` method lets it draw
+    per-epoch crops deterministically. ``config`` (a config dataclass) is written to
+    ``output_dir/config.yaml`` and logged as hyper-parameters.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        # Accumulation runs across epoch ends, so step N always means N * accumulation micro-batches.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        log_with=None if cfg.log_with == "none" else cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        cpu=cfg.cpu,
+    )
+    # Each process draws its own noise and degradations; data order comes from EpochSampler.
+    set_seed(cfg.seed, device_specific=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            save_config(config, out / "config.yaml")
+
+    if cfg.gradient_checkpointing:
+        step.enable_gradient_checkpointing()
+    modules = step.modules()
+    groups = step.optimizer_groups()
+    if not groups or any(len(p) == 0 for p in groups.values()):
+        raise ValueError(
+            f"optimizer_groups() must give a non-empty parameter list per key, got sizes "
+            f"{ {k: len(v) for k, v in groups.items()} }"
+        )
+    optimizers = {k: _make_optimizer(p, optim) for k, p in groups.items()}
+    # accelerate steps a prepared scheduler once per process per update, hence the factor.
+    n_proc = accelerator.num_processes
+    schedulers = {
+        k: get_scheduler(
+            optim.lr_scheduler,
+            opt,
+            num_warmup_steps=optim.lr_warmup_steps * n_proc,
+            num_training_steps=cfg.max_train_steps * n_proc,
+        )
+        for k, opt in optimizers.items()
+    }
+    sampler = EpochSampler(len(train_dataset), cfg.seed)
+    loader = DataLoader(
+        train_dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        # Own generator: worker seeding must not consume the global RNG that resume restores.
+        generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    names = list(modules)
+    prepared = accelerator.prepare(*modules.values(), *optimizers.values(), *schedulers.values(), loader)
+    prepared = list(prepared)
+    prep_modules = dict(zip(names, prepared[: len(names)]))
+    optimizers = dict(zip(optimizers, prepared[len(names) : len(names) + len(optimizers)]))
+    schedulers = dict(zip(schedulers, prepared[len(names) + len(optimizers) : -1]))
+    loader = prepared[-1]
+    step.bind(accelerator, prep_modules)
+    if len(loader) == 0:
+        raise ValueError(
+            f"{len(train_dataset)} training images give no full batch of {cfg.batch_size} per process "
+            f"on {n_proc} process(es); add images or lower train.batch_size"
+        )
+
+    progress = _Progress()
+    accelerator.register_for_checkpointing(progress)
+    emas = {}
+    if cfg.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        for k, params in groups.items():
+            emas[k] = EMAModel(params, decay=cfg.ema_decay)
+            emas[k].to(accelerator.device)
+            accelerator.register_for_checkpointing(emas[k])
+
+    if accelerator.is_main_process and cfg.log_with != "none":
+        accelerator.init_trackers(
+            project_name, config=_flat(config_to_dict(config)) if config is not None else None
+        )
+
+    resume = _resolve_resume(cfg)
+    if resume is None and list_checkpoints(out):
+        raise FileExistsError(
+            f"{out / CHECKPOINT_DIR} holds checkpoints of an earlier run; continue it with "
+            "train.resume_from_checkpoint=latest, or choose another train.output_dir"
+        )
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        logger.info("resumed from %s at step %d", resume, progress.global_step)
+    global_step = progress.global_step
+    accum = cfg.gradient_accumulation_steps
+    epoch, skip = divmod(global_step * accum, len(loader))
+    history: list[dict[str, float]] = []
+    metrics_file = out / "logs" / "metrics.jsonl"
+
+    def swap_ema(fn):
+        for k, ema in emas.items():
+            ema.store(groups[k])
+            ema.copy_to(groups[k])
+        try:
+            return fn()
+        finally:
+            for k, ema in emas.items():
+                ema.restore(groups[k])
+
+    def run_validation() -> None:
+        if val_dataset is None or not accelerator.is_main_process:
+            return
+        vloader = DataLoader(val_dataset, batch_size=min(val_max_images, len(val_dataset)), shuffle=False)
+        batch = next(iter(vloader))
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.no_grad():
+            images = swap_ema(lambda: step.validate(batch))
+        _save_images(images, out / "validation" / f"step-{global_step:07d}")
+        if cfg.log_with == "tensorboard":
+            writer = accelerator.get_tracker("tensorboard", unwrap=True)
+            for name, im in images.items():
+                writer.add_images(f"validation/{name}", im.detach().float().clamp(0, 1).cpu(), global_step)
+
+    def save_checkpoint() -> None:
+        root = out / CHECKPOINT_DIR
+        final, tmp = (
+            root / f"{CHECKPOINT_PREFIX}{global_step}",
+            root / f".{CHECKPOINT_PREFIX}{global_step}.tmp",
+        )
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            # Written to a hidden folder and renamed: a crash never leaves a checkpoint that looks complete.
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            if cfg.checkpoints_total_limit is not None:
+                for old in list_checkpoints(out)[: -cfg.checkpoints_total_limit]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    done = global_step >= cfg.max_train_steps
+    while not done:
+        # The prepared loader re-applies its own epoch counter to the sampler on every __iter__.
+        loader.set_epoch(epoch)
+        if hasattr(train_dataset, "set_epoch"):
+            train_dataset.set_epoch(epoch)
+        if skip:
+            from accelerate import skip_first_batches
+
+            batches = skip_first_batches(loader, skip)
+        else:
+            batches = loader
+        for batch in batches:
+            with accelerator.accumulate(*prep_modules.values()):
+                with accelerator.autocast():
+                    result = step(batch, global_step)
+                if list(result.losses) != list(optimizers):
+                    raise ValueError(
+                        f"step returned losses {list(result.losses)} but optimizers are {list(optimizers)}"
+                    )
+                for k, loss in result.losses.items():
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(groups[k], cfg.max_grad_norm)
+                    optimizers[k].step()
+                    schedulers[k].step()
+                    optimizers[k].zero_grad(set_to_none=True)
+            record = {
+                "step": global_step + 1,
+                **{f"loss/{k}": float(v.detach()) for k, v in result.losses.items()},
+            }
+            record.update(result.logs)
+            history.append(record)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.global_step = global_step
+            for k, ema in emas.items():
+                ema.step(groups[k])
+            logs = dict(record)
+            logs.update({f"lr/{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
+            accelerator.log({k: v for k, v in logs.items() if k != "step"}, step=global_step)
+            if accelerator.is_main_process:
+                metrics_file.parent.mkdir(parents=True, exist_ok=True)
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(logs) + "\n")
+                if not all(math.isfinite(v) for k, v in logs.items() if k.startswith("loss/")):
+                    logger.warning("step %d: non-finite loss %s", global_step, logs)
+            last = global_step >= cfg.max_train_steps
+            if global_step % cfg.validation_steps == 0 or last:
+                run_validation()
+            if global_step % cfg.checkpointing_steps == 0 or last:
+                save_checkpoint()
+            if last:
+                done = True
+                break
+        epoch, skip = epoch + 1, 0
+
+    accelerator.wait_for_everyone()
+    export_dir = None
+    if accelerator.is_main_process:
+        export_dir = swap_ema(lambda: step.export(out))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(global_step, history, export_dir)
