@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 #: command name -> module; the module is imported only when the command runs or asks for help.
@@ -30,12 +31,14 @@ def _available() -> dict[str, str]:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from ccsr import __version__
 
-    parser = argparse.ArgumentParser(prog="ccsr", description="Content-consistent diffusion super-resolution (CCSR-v2).")
+    parser = argparse.ArgumentParser(
+        prog="ccsr", description="Content-consistent diffusion super-resolution (CCSR-v2)."
+    )
     parser.add_argument("--version", action="version", version=f"ccsr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod_name in _available().items():
         if only is not None and name != only:
-            sub.add_parser(name, help="(run 'ccsr %s --help')" % name)
+            sub.add_parser(name, help=f"(run 'ccsr {name} --help')")
             continue
         mod = importlib.import_module(mod_name)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)

@@ -23,7 +23,9 @@ def _mean_std(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.T
 def adain_color_fix(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Give ``target`` the per-channel mean and std of ``source`` (whole-image statistics)."""
     if target.shape[:2] != source.shape[:2]:
-        raise ValueError(f"adain: target {tuple(target.shape)} and source {tuple(source.shape)} differ in batch/channels")
+        raise ValueError(
+            f"adain: target {tuple(target.shape)} and source {tuple(source.shape)} differ in batch/channels"
+        )
     t_mean, t_std = _mean_std(target.float())
     s_mean, s_std = _mean_std(source.float())
     return ((target.float() - t_mean) / t_std * s_std + s_mean).clamp(0, 1)

@@ -79,8 +79,9 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of float ``(B, C, H, W)`` images to ``size = (width, height)`` with PIL's filter.
 
-    Runs PIL's bicubic on float32 planes (mode ``F``), so the result matches PIL's resize of the
-    8-bit image up to quantisation, without the 8-bit rounding.
+    Runs PIL's bicubic on float32 planes (mode ``F``) in PIL's order (horizontal pass, clip to
+    ``[0, 1]`` as PIL's 8-bit intermediate does, vertical pass), so the result matches PIL's resize of
+    the 8-bit image up to quantisation, without the 8-bit rounding.
     """
     b, c, h, w = images.shape
     if (w, h) == tuple(size):
@@ -89,7 +90,11 @@ def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out = np.empty((b, c, size[1], size[0]), dtype=np.float32)
     for i in range(b):
         for j in range(c):
-            out[i, j] = np.asarray(Image.fromarray(planes[i, j], mode="F").resize(size, Image.BICUBIC))
+            plane = Image.fromarray(np.ascontiguousarray(planes[i, j]))
+            if size[0] != w:
+                plane = plane.resize((size[0], h), Image.BICUBIC)
+                plane = Image.fromarray(np.clip(np.asarray(plane), 0.0, 1.0).astype(np.float32))
+            out[i, j] = np.asarray(plane.resize(size, Image.BICUBIC) if size[1] != h else plane)
     return torch.from_numpy(out).to(images.device)
 
 

@@ -1,9 +1,9 @@
 """``CCSRPipeline``: CCSR-v2 inference (spec §1.3-1.9) as a diffusers pipeline.
 
-    >>> pipe = CCSRPipeline.from_pretrained("preset/models", torch_dtype=torch.float16).to("cuda")
-    >>> out = pipe(Image.open("lr.png"), steps=1, generator=torch.Generator().manual_seed(0))
-    >>> out.images[0].save("sr.png"); out.timesteps, out.num_network_evals
-    ((999,), 1)
+>>> pipe = CCSRPipeline.from_pretrained("preset/models", torch_dtype=torch.float16).to("cuda")
+>>> out = pipe(Image.open("lr.png"), steps=1, generator=torch.Generator().manual_seed(0))
+>>> out.images[0].save("sr.png"); out.timesteps, out.num_network_evals
+((999,), 1)
 """
 
 from __future__ import annotations
@@ -53,7 +53,12 @@ class CCSRPipeline(DiffusionPipeline):
     def __init__(self, unet, controlnet, vae, text_encoder, tokenizer, scheduler) -> None:
         super().__init__()
         self.register_modules(
-            unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+            unet=unet,
+            controlnet=controlnet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
         )
         self._prompt_cache: dict[tuple, torch.Tensor] = {}
 
@@ -74,7 +79,12 @@ class CCSRPipeline(DiffusionPipeline):
         from ccsr.models.loading import load_components
 
         c = load_components(
-            pretrained_model_name_or_path, base, controlnet, vae, torch_dtype=torch_dtype, allow_pickle=allow_pickle
+            pretrained_model_name_or_path,
+            base,
+            controlnet,
+            vae,
+            torch_dtype=torch_dtype,
+            allow_pickle=allow_pickle,
         )
         pipe = cls(c.unet, c.controlnet, c.vae, c.text_encoder, c.tokenizer, c.scheduler)
         pipe.component_paths = c.paths
@@ -211,7 +221,9 @@ class CCSRPipeline(DiffusionPipeline):
         if not images or not all(isinstance(im, Image.Image) for im in images):
             raise TypeError("image must be a PIL.Image.Image or a non-empty list of them")
         if len({im.size for im in images}) != 1:
-            raise ValueError(f"images in one call must share a size, got {sorted({im.size for im in images})}")
+            raise ValueError(
+                f"images in one call must share a size, got {sorted({im.size for im in images})}"
+            )
         if color_fix not in COLOR_FIXES and color_fix != "nofix":
             raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
         if start_point not in ("lr", "noise"):
@@ -225,7 +237,9 @@ class CCSRPipeline(DiffusionPipeline):
         b = len(images)
         if isinstance(generator, list) and len(generator) != b:
             raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
-        schedule, g = self.resolve_schedule(steps, num_inference_steps, t_max, t_min, guidance_scale, start_timestep)
+        schedule, g = self.resolve_schedule(
+            steps, num_inference_steps, t_max, t_min, guidance_scale, start_timestep
+        )
         cfg = g > 1.0
         device = self._execution_device
 
@@ -235,13 +249,16 @@ class CCSRPipeline(DiffusionPipeline):
         f = self.vae_scale_factor
         latent_shape = (b, self.unet.config.in_channels, canvas.shape[2] // f, canvas.shape[3] // f)
         if latents is not None and tuple(latents.shape) != latent_shape:
-            raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {latent_shape} for this image")
+            raise ValueError(
+                f"latents has shape {tuple(latents.shape)}, expected {latent_shape} for this image"
+            )
         tiles = None
         if tile_size is not None:
             stride = tile_stride if tile_stride is not None else tile_size // 2
-            if tile_size % f or stride % f or stride <= 0 or stride > tile_size:
+            m = max(f, 8)
+            if tile_size % m or stride % m or stride <= 0 or stride > tile_size:
                 raise ValueError(
-                    f"tile_size={tile_size} and tile_stride={stride} must be multiples of {f} with 0 < stride <= size"
+                    f"tile_size={tile_size} and tile_stride={stride} must be multiples of {m} with 0 < stride <= size"
                 )
             tiles = (tile_size // f, stride // f)
 
@@ -250,7 +267,9 @@ class CCSRPipeline(DiffusionPipeline):
         neg = self.encode_prompt(negative_prompt) if (cfg or initial_prompt == "cfg") else None
 
         # 4. Noise first, then the LR latent (posterior sample), both from the generator.
-        noise = latents.to(device, torch.float32) if latents is not None else self._randn(latent_shape, generator)
+        noise = (
+            latents.to(device, torch.float32) if latents is not None else self._randn(latent_shape, generator)
+        )
         if vae_tiling:
             self.vae.enable_tiling()
         try:
@@ -263,10 +282,18 @@ class CCSRPipeline(DiffusionPipeline):
                 def fn(xt: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
                     n = xt.shape[0]
                     if not guided:
-                        return predict_eps(self.unet, self.controlnet, xt, t, single, zt, conditioning_scale).float()
+                        return predict_eps(
+                            self.unet, self.controlnet, xt, t, single, zt, conditioning_scale
+                        ).float()
                     emb = torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)])
                     e = predict_eps(
-                        self.unet, self.controlnet, torch.cat([xt, xt]), t, emb, torch.cat([zt, zt]), conditioning_scale
+                        self.unet,
+                        self.controlnet,
+                        torch.cat([xt, xt]),
+                        t,
+                        emb,
+                        torch.cat([zt, zt]),
+                        conditioning_scale,
                     ).float()
                     e_neg, e_pos = e.chunk(2)
                     return e_neg + g * (e_pos - e_neg)
@@ -285,7 +312,11 @@ class CCSRPipeline(DiffusionPipeline):
                     first = neg if (cfg and initial_prompt == "reference") else pos
                     eps = eps_at(x, t0, False, first)
                 x0 = predict_x0(x, eps, t0, alphas)
-                x = add_noise(x0, self._randn(latent_shape, generator), schedule.tau, alphas) if schedule.loop else x0
+                x = (
+                    add_noise(x0, self._randn(latent_shape, generator), schedule.tau, alphas)
+                    if schedule.loop
+                    else x0
+                )
 
             # 6. Truncated DDPM loop with classifier-free guidance.
             for i, t in enumerate(schedule.loop):

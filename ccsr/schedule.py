@@ -60,7 +60,9 @@ class CCSRSchedule:
         return len(self.timesteps)
 
 
-def leading_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> list[int]:
+def leading_timesteps(
+    num_inference_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1
+) -> list[int]:
     """The DDPM ``leading`` grid that SD-2.1-base's scheduler config produces.
 
     Equal to ``DDPMScheduler.set_timesteps(N).timesteps`` for ``timestep_spacing="leading"``;
@@ -106,7 +108,9 @@ def make_schedule(
     if t_max == 1.0:
         # The reference skips the extraction step and runs the whole grid from the noised start.
         if n == 1:
-            raise ValueError(f"{what}: t_max=1 skips the extraction step, so N=1 leaves nothing to run; use N >= 2")
+            raise ValueError(
+                f"{what}: t_max=1 skips the extraction step, so N=1 leaves nothing to run; use N >= 2"
+            )
         start: int | None = None
         tau: int | None = None
         loop = list(grid)
@@ -157,7 +161,8 @@ def preset_for_steps(steps: int) -> StepPreset:
     * ``2``: the paper's CCSR-S2: N=6, t_max=0.6667, t_min=0.5, guidance 4.5 (t=999, then 499).
     * ``k >= 3``: the S2 recipe with its truncated interval subdivided: N=6(k-1), same t_max,
       t_min and guidance, so the loop holds k-1 timesteps between about 600 and 500 and the output
-      is still the x0 at t~500. E.g. 3 -> (999, 582, 499), 4 -> (999, 606, 551, 496).
+      is still the x0 at t~500 (down to ~420 for counts near 30, because the leading grid floors
+      1000/N). E.g. 3 -> (999, 582, 499), 4 -> (999, 606, 551, 496).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer (the number of denoiser evaluations)")

@@ -43,7 +43,9 @@ def gaussian_weights(height: int, width: int, var: float = 0.01) -> torch.Tensor
 def tile_windows(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
     """``(top, left, tile_h, tile_w)`` for every window over a ``height x width`` grid."""
     th, tw = min(tile, height), min(tile, width)
-    return [(y, x, th, tw) for y in tile_starts(height, tile, stride) for x in tile_starts(width, tile, stride)]
+    return [
+        (y, x, th, tw) for y in tile_starts(height, tile, stride) for x in tile_starts(width, tile, stride)
+    ]
 
 
 def tiled_apply(

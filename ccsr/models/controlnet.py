@@ -44,7 +44,9 @@ class LatentConditionEmbedding(nn.Module):
 
 def _swap_embedding(controlnet):
     cfg = controlnet.config
-    controlnet.controlnet_cond_embedding = LatentConditionEmbedding(cfg.in_channels, cfg.block_out_channels[0])
+    controlnet.controlnet_cond_embedding = LatentConditionEmbedding(
+        cfg.in_channels, cfg.block_out_channels[0]
+    )
     return controlnet
 
 
@@ -70,12 +72,18 @@ def is_latent_controlnet(model) -> bool:
 
 def to_disk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """In-memory names -> the reference's names (``condition_conv_in.*``)."""
-    return {(DISK_PREFIX + k[len(MEMORY_PREFIX) :] if k.startswith(MEMORY_PREFIX) else k): v for k, v in state_dict.items()}
+    return {
+        (DISK_PREFIX + k[len(MEMORY_PREFIX) :] if k.startswith(MEMORY_PREFIX) else k): v
+        for k, v in state_dict.items()
+    }
 
 
 def from_disk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The reference's names -> in-memory names."""
-    return {(MEMORY_PREFIX + k[len(DISK_PREFIX) :] if k.startswith(DISK_PREFIX) else k): v for k, v in state_dict.items()}
+    return {
+        (MEMORY_PREFIX + k[len(DISK_PREFIX) :] if k.startswith(DISK_PREFIX) else k): v
+        for k, v in state_dict.items()
+    }
 
 
 def save_ccsr_controlnet(controlnet, folder: str | os.PathLike) -> Path:
@@ -123,7 +131,7 @@ def load_ccsr_controlnet(
             f"{config_path} lacks '{VAE_CONDITION_KEY}: true'. CCSR's ControlNet is conditioned on the VAE latent "
             "of the LR image; without the flag this is a pixel-hint ControlNet and its weights would be silently "
             "misread (the reference loads it with a random hint encoder). Use the CCSR-v2 ControlNet release, or "
-            f"add \"{VAE_CONDITION_KEY}\": true if the weights hold condition_conv_in.*"
+            f'add "{VAE_CONDITION_KEY}": true if the weights hold condition_conv_in.*'
         )
     state = _read_weights(folder, allow_pickle, "ControlNet")
     state = from_disk_state_dict(state)
@@ -166,7 +174,9 @@ def _read_weights(folder: Path, allow_pickle: bool, what: str) -> dict[str, torc
         try:
             return load_file(str(st))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{st} could not be read ({e}); the file is corrupt or truncated: download it again") from e
+            raise ValueError(
+                f"{st} could not be read ({e}); the file is corrupt or truncated: download it again"
+            ) from e
     if pkl.is_file():
         if not allow_pickle:
             raise ValueError(

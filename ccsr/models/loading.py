@@ -95,15 +95,23 @@ def resolve_paths(
         folder = getattr(paths, name)
         must, alternatives = _REQUIRED[name]
         if not (folder / must).is_file():
-            raise FileNotFoundError(f"{name}: {folder / must} not found. Expected layout: see ccsr.models.loading. {WHERE_TO_GET}")
+            raise FileNotFoundError(
+                f"{name}: {folder / must} not found. Expected layout: see ccsr.models.loading. {WHERE_TO_GET}"
+            )
         if alternatives and not any((folder / a).is_file() for a in alternatives):
-            raise FileNotFoundError(f"{name}: no weights in {folder}: expected {alternatives[0]}. {WHERE_TO_GET}")
+            raise FileNotFoundError(
+                f"{name}: no weights in {folder}: expected {alternatives[0]}. {WHERE_TO_GET}"
+            )
     return paths
 
 
 def _component_dir(path: Path, name: str) -> Path:
     """Accept both ``.../controlnet`` and its parent, as the reference's ``subfolder=`` did."""
-    return path if path.name == name or (path / "config.json").is_file() and not (path / name).is_dir() else path / name
+    return (
+        path
+        if path.name == name or (path / "config.json").is_file() and not (path / name).is_dir()
+        else path / name
+    )
 
 
 @dataclass
@@ -117,7 +125,9 @@ class Components:
     paths: ComponentPaths
 
 
-def _check_weights(folder: Path, allow_pickle: bool, safetensors_name: str, pickle_name: str, what: str) -> bool:
+def _check_weights(
+    folder: Path, allow_pickle: bool, safetensors_name: str, pickle_name: str, what: str
+) -> bool:
     """Return use_safetensors; refuse pickles unless allowed."""
     if (folder / safetensors_name).is_file():
         return True
@@ -156,7 +166,9 @@ def load_components(
     d_st, d_pkl = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"
     unet = load(UNet2DConditionModel, paths.unet, d_st, d_pkl, "unet")
     vae_model = load(AutoencoderKL, paths.vae, d_st, d_pkl, "vae")
-    text_encoder = load(CLIPTextModel, paths.text_encoder, "model.safetensors", "pytorch_model.bin", "text_encoder")
+    text_encoder = load(
+        CLIPTextModel, paths.text_encoder, "model.safetensors", "pytorch_model.bin", "text_encoder"
+    )
     tokenizer = CLIPTokenizer.from_pretrained(paths.tokenizer)
     scheduler_cfg = json.loads((paths.scheduler / "scheduler_config.json").read_text())
     if scheduler_cfg.get("prediction_type", "epsilon") != "epsilon":

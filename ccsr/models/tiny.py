@@ -45,7 +45,11 @@ class TinySpec:
 
 def _byte_symbols() -> list[str]:
     """GPT-2 / CLIP's reversible map of the 256 byte values to printable unicode characters."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -73,7 +77,9 @@ def write_byte_tokenizer(folder: str | os.PathLike, max_length: int = 16) -> Pat
     return folder
 
 
-def build_tiny_components(spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_dir: str | os.PathLike | None = None):
+def build_tiny_components(
+    spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_dir: str | os.PathLike | None = None
+):
     """Random ``(unet, controlnet, vae, text_encoder, tokenizer, scheduler)`` of the real classes."""
     import tempfile
 
@@ -126,6 +132,7 @@ def build_tiny_components(spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_
     )
     if tokenizer_dir is None:
         tokenizer_dir = tempfile.mkdtemp(prefix="ccsr-tok-")
+    if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         write_byte_tokenizer(tokenizer_dir, spec.max_length)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     scheduler = DDPMScheduler.from_config(SD21_SCHEDULER)
