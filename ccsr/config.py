@@ -21,7 +21,7 @@ import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -74,7 +74,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise bad
     if origin is Literal:
-        if value in typing.get_args(tp):
+        args = typing.get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no` / `off` as False: map it back to the spelling the choice uses.
+            spellings = ("yes", "true", "on") if value else ("no", "false", "off")
+            value = next((a for a in args if isinstance(a, str) and a.lower() in spellings), value)
+        if value in args and not (isinstance(value, bool) and bool not in map(type, args)):
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in typing.get_args(tp))}")
     if origin is tuple:
@@ -235,7 +240,7 @@ class DataConfig:
     """Training images and the on-the-fly degradation."""
 
     train: tuple[str, ...]  # HQ image folders and/or list files (one path per line)
-    degradation: str = "configs/data/realesrgan.yaml"  # Real-ESRGAN parameters (spec §3.4)
+    degradation: str | None = None  # yaml of Real-ESRGAN parameters; null: the reference values (spec §3.4)
     resolution: int = 512  # GT crop side; the reference hard-codes 512
     num_workers: int = 4  # DataLoader workers (the Dataset does no device work)
     val_lr: str | None = None  # paired validation folders (same file stems)
@@ -320,41 +325,3 @@ class LoopConfig:
             f"checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1 or null",
         )
         _check(0.0 < self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in (0, 1)")
-
-
-@dataclass(frozen=True)
-class Stage1Objective:
-    """Spec §3.2: eps-MSE on t < round(1000 t_max), x0-MSE at start_timestep, x0-MSE after re-noising to
-    round(1000 t_max). Weights 1:1:1 in the reference."""
-
-    t_max: float = 0.6667
-    start_timestep: int = 999
-    start_from: Literal["gt", "lr"] = "gt"  # x_T is noised from the GT latent (reference) or the LR latent
-    weight_eps: float = 1.0
-    weight_x0: float = 1.0
-    weight_x0_renoised: float = 1.0
-    prompt: str = ""  # the reference trains with the empty caption
-
-    def __post_init__(self) -> None:
-        _check(0.0 < self.t_max < 1.0, f"t_max={self.t_max} must be in (0, 1)")
-        t_int = round(1000 * self.t_max)
-        _check(
-            t_int < self.start_timestep <= 999,
-            f"start_timestep={self.start_timestep} must be in (round(1000 * t_max) = {t_int}, 999]",
-        )
-        weights = (self.weight_eps, self.weight_x0, self.weight_x0_renoised)
-        _check(
-            all(w >= 0 for w in weights) and sum(weights) > 0,
-            f"loss weights {weights} must be >= 0, not all 0",
-        )
-
-
-@dataclass(frozen=True)
-class Stage1Config:
-    """``configs/train/stage1.yaml``: ControlNet training on the truncated objective."""
-
-    model: ModelConfig
-    data: DataConfig
-    train: LoopConfig
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    objective: Stage1Objective = field(default_factory=Stage1Objective)

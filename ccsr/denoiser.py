@@ -31,11 +31,13 @@ def predict_eps(
     if emb.shape[0] == 1 and b > 1:
         emb = emb.expand(b, -1, -1)
     sample = x_t.to(dtype)
+    # Not `controlnet.dtype`: in training the ControlNet is wrapped (DDP), and wrappers lack that attribute.
+    cn_dtype = next(controlnet.parameters()).dtype
     down, mid = controlnet(
         sample,
         t,
-        encoder_hidden_states=emb.to(controlnet.dtype),
-        controlnet_cond=lr_latent.to(controlnet.dtype),
+        encoder_hidden_states=emb.to(cn_dtype),
+        controlnet_cond=lr_latent.to(cn_dtype),
         conditioning_scale=conditioning_scale,
         return_dict=False,
     )

@@ -146,8 +146,11 @@ def load_components(
     vae: str | os.PathLike | None = None,
     torch_dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
+    load_controlnet: bool = True,
 ) -> Components:
-    """Load every component, frozen and in eval mode, in ``torch_dtype`` (default float32)."""
+    """Load every component, frozen and in eval mode, in ``torch_dtype`` (default float32).
+
+    ``load_controlnet=False`` leaves ``controlnet`` as ``None`` (training a new one from the base model)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -177,7 +180,12 @@ def load_components(
             "epsilon-prediction SD-2.1-base (512), not the v-prediction SD-2.1 (768)"
         )
     scheduler = DDPMScheduler.from_pretrained(paths.scheduler)
-    cn = load_ccsr_controlnet(paths.controlnet, torch_dtype=dtype, allow_pickle=allow_pickle)
+    cn = (
+        load_ccsr_controlnet(paths.controlnet, torch_dtype=dtype, allow_pickle=allow_pickle)
+        if load_controlnet
+        else None
+    )
     for m in (unet, vae_model, text_encoder, cn):
-        m.eval().requires_grad_(False)
+        if m is not None:
+            m.eval().requires_grad_(False)
     return Components(unet, cn, vae_model, text_encoder, tokenizer, scheduler, paths)

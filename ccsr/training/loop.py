@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +47,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ccsr.config import LoopConfig, OptimizerConfig, config_to_dict, save_config
+from ccsr.training.checkpoint import Progress, resolve_resume, save_checkpoint
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
@@ -127,51 +126,6 @@ class TrainResult:
     export_dir: Path | None
 
 
-class _Progress:
-    """The loop's own checkpointed state."""
-
-    def __init__(self) -> None:
-        self.global_step = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"global_step": self.global_step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.global_step = int(state["global_step"])
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest first (half-written ones are hidden)."""
-    root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def _resolve_resume(cfg: LoopConfig) -> Path | None:
-    if cfg.resume_from_checkpoint is None:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        found = list_checkpoints(cfg.output_dir)
-        if not found:
-            logger.warning(
-                "resume_from_checkpoint=latest: no checkpoint in %s/%s; starting from scratch",
-                cfg.output_dir,
-                CHECKPOINT_DIR,
-            )
-            return None
-        return found[-1]
-    path = Path(cfg.resume_from_checkpoint)
-    if not (path / "random_states_0.pkl").is_file():
-        raise FileNotFoundError(
-            f"resume_from_checkpoint={path}: not a checkpoint folder (no random_states_0.pkl); "
-            f"use 'latest' or one of {[str(p) for p in list_checkpoints(cfg.output_dir)]}"
-        )
-    return path
-
-
 def _make_optimizer(params: list[nn.Parameter], optim: OptimizerConfig) -> torch.optim.Optimizer:
     kwargs = dict(
         lr=optim.learning_rate,
@@ -202,17 +156,12 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _save_images(images: dict[str, torch.Tensor], folder: Path) -> None:
-    from PIL import Image
+    from ccsr.image import tensor_to_pil
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, batch in images.items():
-        arr = (
-            (batch.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255)
-            .round()
-            .astype(np.uint8)
-        )
-        for i, im in enumerate(arr):
-            Image.fromarray(im).save(folder / f"{i:02d}_{name}.png")
+        for i, im in enumerate(tensor_to_pil(batch)):
+            im.save(folder / f"{i:02d}_{name}.png")
 
 
 def train(
@@ -238,6 +187,7 @@ def train(
     from diffusers.optimization import get_scheduler
 
     out = Path(cfg.output_dir)
+    resume = resolve_resume(out, cfg.resume_from_checkpoint)  # before any work: fail fast
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         # Accumulation runs across epoch ends, so step N always means N * accumulation micro-batches.
@@ -301,7 +251,7 @@ def train(
             f"on {n_proc} process(es); add images or lower train.batch_size"
         )
 
-    progress = _Progress()
+    progress = Progress()
     accelerator.register_for_checkpointing(progress)
     emas = {}
     if cfg.use_ema:
@@ -317,12 +267,6 @@ def train(
             project_name, config=_flat(config_to_dict(config)) if config is not None else None
         )
 
-    resume = _resolve_resume(cfg)
-    if resume is None and list_checkpoints(out):
-        raise FileExistsError(
-            f"{out / CHECKPOINT_DIR} holds checkpoints of an earlier run; continue it with "
-            "train.resume_from_checkpoint=latest, or choose another train.output_dir"
-        )
     if resume is not None:
         accelerator.load_state(str(resume))
         logger.info("resumed from %s at step %d", resume, progress.global_step)
@@ -356,29 +300,8 @@ def train(
             for name, im in images.items():
                 writer.add_images(f"validation/{name}", im.detach().float().clamp(0, 1).cpu(), global_step)
 
-    def save_checkpoint() -> None:
-        root = out / CHECKPOINT_DIR
-        final, tmp = (
-            root / f"{CHECKPOINT_PREFIX}{global_step}",
-            root / f".{CHECKPOINT_PREFIX}{global_step}.tmp",
-        )
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            # Written to a hidden folder and renamed: a crash never leaves a checkpoint that looks complete.
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            if cfg.checkpoints_total_limit is not None:
-                for old in list_checkpoints(out)[: -cfg.checkpoints_total_limit]:
-                    shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-
     done = global_step >= cfg.max_train_steps
+    tick = time.perf_counter()
     while not done:
         # The prepared loader re-applies its own epoch counter to the sampler on every __iter__.
         loader.set_epoch(epoch)
@@ -419,6 +342,8 @@ def train(
                 ema.step(groups[k])
             logs = dict(record)
             logs.update({f"lr/{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
+            now = time.perf_counter()
+            logs["time/step_s"], tick = now - tick, now  # wall time per update, checkpoints included
             accelerator.log({k: v for k, v in logs.items() if k != "step"}, step=global_step)
             if accelerator.is_main_process:
                 metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -430,7 +355,7 @@ def train(
             if global_step % cfg.validation_steps == 0 or last:
                 run_validation()
             if global_step % cfg.checkpointing_steps == 0 or last:
-                save_checkpoint()
+                save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
             if last:
                 done = True
                 break

@@ -1,0 +1,252 @@
+"""Stage 1: train the CCSR ControlNet on the truncated-diffusion objective (spec §3.1-3.3).
+
+UNet, VAE and text encoder are frozen; the prompt is the empty caption, as in the reference. Per
+batch: the GT crop is degraded on the training device (Real-ESRGAN, :mod:`ccsr.data.degradation`),
+both images are VAE-encoded (``z`` = GT latent, ``c`` = LR latent, the ControlNet's condition), and
+:func:`stage1_losses` runs three ControlNet+UNet passes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccsr.config import load_config
+from ccsr.data.degradation_config import DegradationConfig
+from ccsr.denoiser import predict_eps
+from ccsr.diffusion import add_noise, predict_x0
+from ccsr.schedule import sample_train_timesteps_upper
+from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
+from ccsr.training.stage1_config import Stage1Config, Stage1Objective
+
+Config = Stage1Config  # what `ccsr train stage1` loads
+
+
+def stage1_losses(
+    eps_fn: Callable[[torch.Tensor, torch.Tensor | int], torch.Tensor],
+    z: torch.Tensor,
+    c: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    objective: Stage1Objective,
+    noise: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The three terms of CCSR stage 1 (spec §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
+
+    Args:
+        eps_fn: ``(x_t, t) -> eps``, the ControlNet+UNet noise prediction conditioned on ``c``.
+        z: GT latent ``(B, 4, h, w)`` (scaled by the VAE factor); the target of both x0 terms.
+        c: LR latent ``(B, 4, h, w)``; the start of the x_T term when ``objective.start_from == "lr"``.
+        noise: ``(3, B, 4, h, w)``: epsilon of the three noisings (drawn when ``None``).
+        timesteps: ``(B,)`` for the epsilon term, in ``[0, round(1000 t_max))`` (drawn when ``None``).
+
+    Terms: ``eps`` = MSE(eps_fn(x_t, t), eps1) with x_t = add_noise(z, eps1, t);
+    ``x0`` = MSE(x0_T, z) with x0_T = predict_x0 at T = start_timestep from add_noise(start, eps2, T);
+    ``x0_renoised`` = MSE(x0_tau, z) with x0_tau = predict_x0 at tau = round(1000 t_max) from
+    add_noise(x0_T, eps3, tau). x0_T is not detached: the last term trains through both passes.
+    Terms whose weight is 0 are not computed (their passes are skipped).
+    """
+    w_eps, w_x0, w_re = objective.weight_eps, objective.weight_x0, objective.weight_x0_renoised
+    tau = sample_train_timesteps_upper(objective.t_max)
+    big_t = objective.start_timestep
+    z = z.float()
+    if noise is None:
+        noise = torch.randn((3, *z.shape), device=z.device, dtype=torch.float32)
+    if timesteps is None:
+        timesteps = torch.randint(0, tau, (z.shape[0],), device=z.device)
+    terms: dict[str, torch.Tensor] = {}
+    total = z.new_zeros(())
+    if w_eps > 0:
+        x_t = add_noise(z, noise[0], timesteps, alphas_cumprod)
+        terms["eps"] = F.mse_loss(eps_fn(x_t, timesteps).float(), noise[0].float())
+        total = total + w_eps * terms["eps"]
+    if w_x0 > 0 or w_re > 0:
+        start = z if objective.start_from == "gt" else c.float()
+        x_big_t = add_noise(start, noise[1], big_t, alphas_cumprod)
+        x0_big_t = predict_x0(x_big_t, eps_fn(x_big_t, big_t), big_t, alphas_cumprod)
+        if w_x0 > 0:
+            terms["x0"] = F.mse_loss(x0_big_t, z)
+            total = total + w_x0 * terms["x0"]
+        if w_re > 0:
+            x_tau = add_noise(x0_big_t, noise[2], tau, alphas_cumprod)
+            x0_tau = predict_x0(x_tau, eps_fn(x_tau, tau), tau, alphas_cumprod)
+            terms["x0_renoised"] = F.mse_loss(x0_tau, z)
+            total = total + w_re * terms["x0_renoised"]
+    terms["loss"] = total
+    return terms
+
+
+class Stage1Step(TrainStep):
+    """The ControlNet is the only trainable module; see :mod:`ccsr.training.loop` for the contract."""
+
+    def __init__(
+        self,
+        *,
+        unet: nn.Module,
+        controlnet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer,
+        scheduler,
+        objective: Stage1Objective,
+        degrade: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler, self.objective, self.degrade = (
+            tokenizer,
+            scheduler,
+            objective,
+            degrade,
+        )
+        for frozen in (unet, vae, text_encoder):
+            frozen.eval().requires_grad_(False)
+        self.controlnet = controlnet.train().requires_grad_(True)
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        self.text_embedding: torch.Tensor | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"controlnet": self.controlnet}
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"controlnet": [p for p in self.controlnet.parameters() if p.requires_grad]}
+
+    def enable_gradient_checkpointing(self) -> None:
+        super().enable_gradient_checkpointing()
+        self.unet.enable_gradient_checkpointing()  # gradients reach the ControlNet through the UNet
+
+    def bind(self, accelerator, prepared: dict[str, nn.Module]) -> None:
+        super().bind(accelerator, prepared)
+        device, dtype = accelerator.device, weight_dtype(accelerator)
+        for frozen in (self.unet, self.vae, self.text_encoder):
+            frozen.to(device, dtype)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+        ids = self.tokenizer(
+            self.objective.prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        with torch.no_grad():
+            self.text_embedding = self.text_encoder(ids)[0]  # (1, L, D), shared by the batch
+
+    @torch.no_grad()
+    def encode(self, image01: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> scaled posterior sample ``(B, 4, H/f, W/f)`` fp32 (as the reference)."""
+        dist = self.vae.encode((image01 * 2 - 1).to(self.vae.dtype)).latent_dist
+        return dist.sample().float() * self.vae.config.scaling_factor
+
+    def __call__(self, batch: dict[str, torch.Tensor], global_step: int) -> StepOutput:
+        gt = batch["gt"]
+        lq = self.degrade(gt)
+        z, c = self.encode(gt), self.encode(lq)
+
+        def eps_fn(x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+            return predict_eps(self.unet, self.controlnet, x_t, t, self.text_embedding, c)
+
+        terms = stage1_losses(eps_fn, z, c, self.alphas_cumprod, self.objective)
+        loss = terms.pop("loss")
+        return StepOutput({"controlnet": loss}, {f"term/{k}": float(v.detach()) for k, v in terms.items()})
+
+    def export(self, output_dir: str | os.PathLike) -> Path:
+        """Write ``output_dir/controlnet`` (release layout; ``CCSRPipeline.from_pretrained(base, controlnet=...)``)."""
+        from ccsr.models.controlnet import save_ccsr_controlnet
+
+        out = Path(output_dir)
+        target, tmp = out / "controlnet", out / ".controlnet.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_ccsr_controlnet(self.unwrap("controlnet"), tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return target
+
+    @torch.no_grad()
+    def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One-step CCSR (S1) on the validation LR images: ``{"lq": bicubic, "sr": output, "gt": HR}`` in [0, 1]."""
+        from ccsr.image import tensor_to_pil
+        from ccsr.pipeline import CCSRPipeline
+
+        controlnet = self.unwrap("controlnet")
+        controlnet.eval()
+        try:
+            pipe = CCSRPipeline(
+                self.unet, controlnet, self.vae, self.text_encoder, self.tokenizer, self.scheduler
+            )
+            lq, gt = batch["lq"].float(), batch["gt"].float()
+            scale = gt.shape[-1] // lq.shape[-1]
+            with self.accelerator.autocast():
+                sr = pipe(
+                    tensor_to_pil(lq),
+                    steps=1,
+                    upscale=scale,
+                    process_size=min(gt.shape[-2:]),
+                    generator=torch.Generator().manual_seed(0),
+                    output_type="pt",
+                ).images
+        finally:
+            controlnet.train()
+        lq_up = F.interpolate(lq, size=gt.shape[-2:], mode="bicubic").clamp(0, 1)
+        return {"lq": lq_up, "sr": sr.float().to(gt.device), "gt": gt}
+
+
+def build_step(cfg: Stage1Config) -> Stage1Step:
+    """Load the frozen base model, initialise the ControlNet and the degradation from ``cfg``."""
+    from ccsr.data.degradation import RealESRGANDegradation
+    from ccsr.models.controlnet import build_latent_controlnet, load_ccsr_controlnet
+    from ccsr.models.loading import load_components
+
+    m = cfg.model
+    parts = load_components(m.pretrained, base=m.base, vae=m.vae, load_controlnet=False)
+    if m.controlnet_init is None:
+        controlnet = build_latent_controlnet(unet=parts.unet)  # copies the UNet encoder (spec §3.1)
+    else:
+        init = Path(m.controlnet_init)
+        # Accept the folder itself or its parent, as the reference's subfolder="controlnet".
+        controlnet = load_ccsr_controlnet(init if (init / "config.json").is_file() else init / "controlnet")
+    degradation = (
+        DegradationConfig()
+        if cfg.data.degradation is None
+        else load_config(DegradationConfig, cfg.data.degradation)
+    )
+    return Stage1Step(
+        unet=parts.unet,
+        controlnet=controlnet,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        scheduler=parts.scheduler,
+        objective=cfg.objective,
+        degrade=RealESRGANDegradation(degradation),
+    )
+
+
+def run(cfg: Stage1Config) -> TrainResult:
+    """Train stage 1 as configured; the ControlNet is exported to ``train.output_dir/controlnet``."""
+    from accelerate.utils import set_seed
+
+    from ccsr.data.datasets import HQImageDataset, PairedImageDataset
+
+    set_seed(cfg.train.seed)  # the same initial ControlNet in every process and on every restart
+    step = build_step(cfg)
+    train_data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
+    val_data = None
+    if cfg.data.val_lr is not None:
+        val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
+    return train(
+        step,
+        train_data,
+        cfg.train,
+        cfg.optimizer,
+        num_workers=cfg.data.num_workers,
+        val_dataset=val_data,
+        val_max_images=cfg.data.val_max_images,
+        config=cfg,
+        project_name="ccsr-stage1",
+    )
