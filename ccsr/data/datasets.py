@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from ccsr.io import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
-_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+_HEADER_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
 
 def list_image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
@@ -48,15 +50,12 @@ def list_image_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode any PIL-readable image to ``(H, W, 3)`` float32 in ``[0, 1]`` (EXIF rotation applied;
-    16-bit grey scaled, alpha dropped, palette/CMYK/grey converted)."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32)
-            arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-            return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    """Decode an image with :func:`ccsr.io.read_image` (EXIF rotation, ICC to sRGB, 16-bit kept) to
+    ``(H, W, 3)`` float32 in ``[0, 1]``; grey is repeated to 3 channels, alpha dropped.
+    Raises :class:`ccsr.io.ImageReadError` naming the reason."""
+    color = read_image(path).color
+    arr = color.astype(np.float32) / (65535.0 if color.dtype == np.uint16 else 255.0)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -78,7 +77,7 @@ class HQImageDataset(Dataset):
             try:
                 with Image.open(path) as im:
                     w, h = im.size
-            except _READ_ERRORS as e:
+            except _HEADER_ERRORS as e:
                 skipped.append(f"{path} ({type(e).__name__})")
                 continue
             if min(w, h) < resolution:
@@ -115,7 +114,7 @@ class HQImageDataset(Dataset):
             try:
                 img = read_rgb(self.files[i])
                 break
-            except _READ_ERRORS as e:
+            except ImageReadError as e:
                 if i not in self._failed:
                     self._failed.add(i)
                     logger.warning(

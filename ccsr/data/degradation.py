@@ -64,6 +64,11 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 _MODES = ("area", "bilinear", "bicubic")
 
 
+def _filter(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    # basicsr's filter2D uses .view, which fails on the strided tensors DiffJPEG returns.
+    return filter2D(x.contiguous(), kernels)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device):
     """Seed python, numpy and torch for one draw, then put their previous states back."""
@@ -169,12 +174,12 @@ class RealESRGANDegradation:
     ) -> torch.Tensor:
         cfg, (h, w) = self.config, gt.shape[-2:]
         # First order: blur, resize, noise, JPEG.
-        x = filter2D(gt, k1)
+        x = _filter(gt, k1)
         x = F.interpolate(x, scale_factor=self._resize_scale(cfg.first), mode=random.choice(_MODES))
         x = self._noise_and_jpeg(x, cfg.first)
         # Second order: optional blur, resize relative to the LR size, noise.
         if np.random.uniform() < cfg.second.blur_prob:
-            x = filter2D(x, k2)
+            x = _filter(x, k2)
         s = self._resize_scale(cfg.second)
         size = (max(1, int(h / cfg.scale * s)), max(1, int(w / cfg.scale * s)))
         x = F.interpolate(x, size=size, mode=random.choice(_MODES))
@@ -182,11 +187,11 @@ class RealESRGANDegradation:
         # [resize to LR size + sinc] and JPEG, in random order (other orders give twisted lines, per Real-ESRGAN).
         lr_size = (h // cfg.scale, w // cfg.scale)
         if np.random.uniform() < 0.5:
-            x = filter2D(F.interpolate(x, size=lr_size, mode=random.choice(_MODES)), k3)
+            x = _filter(F.interpolate(x, size=lr_size, mode=random.choice(_MODES)), k3)
             x = self._jpeg_compress(x, cfg.second)
         else:
             x = self._jpeg_compress(x, cfg.second)
-            x = filter2D(F.interpolate(x, size=lr_size, mode=random.choice(_MODES)), k3)
+            x = _filter(F.interpolate(x, size=lr_size, mode=random.choice(_MODES)), k3)
         if cfg.resize_back:
             x = F.interpolate(x, size=(h, w), mode=random.choice(_MODES))
         return x

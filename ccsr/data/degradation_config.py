@@ -49,7 +49,12 @@ class DegradationOrder:
         for name in ("blur_prob", "sinc_prob", "gaussian_noise_prob", "gray_noise_prob"):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, f"{name}={v} must be a probability in [0, 1]")
-        for name in ("blur_sigma", "betag_range", "betap_range", "resize_range", "jpeg_range"):
+        # basicsr's kernel samplers assert a non-empty sigma interval.
+        lo, hi = self.blur_sigma
+        _check(
+            0 < lo < hi, f"blur_sigma=({lo}, {hi}) must satisfy 0 < low < high (basicsr needs an interval)"
+        )
+        for name in ("betag_range", "betap_range", "resize_range", "jpeg_range"):
             lo, hi = getattr(self, name)
             _check(0 < lo <= hi, f"{name}=({lo}, {hi}) must satisfy 0 < low <= high")
         for name in ("noise_range", "poisson_scale_range"):  # 0 turns the noise off
@@ -60,6 +65,10 @@ class DegradationOrder:
             f"resize_range={self.resize_range} must contain 1",
         )
         _check(self.jpeg_range[1] <= 100, f"jpeg_range={self.jpeg_range}: JPEG quality is at most 100")
+        # basicsr's DiffJPEG quantises with tables scaled by (200 - 2q) / 100: q = 100 divides by 0.
+        _check(
+            self.jpeg_range[0] < 100, f"jpeg_range={self.jpeg_range}: the low end must be below 100 (use 99)"
+        )
         _check(
             sum(self.resize_prob) > 0 and min(self.resize_prob) >= 0,
             f"resize_prob={self.resize_prob} must be >= 0, not all 0",
