@@ -1,0 +1,351 @@
+"""The folder run behind ``ccsr upscale``: plan, shard, upscale, write, record.
+
+Order of work, and why:
+
+1. **Plan without the model.** Scan the inputs, name every output, refuse writes into input folders,
+   hash the model files, and compare each planned output with ``manifest.jsonl``: done outputs are
+   skipped, outputs made differently stop the run (unless ``overwrite``) before minutes go into
+   loading a model.
+2. **Shard.** Under ``accelerate launch`` each process takes every ``num_processes``-th image of the
+   to-do list. Noise comes from one CPU ``torch.Generator`` per (image, sample) seeded ``seed + k``,
+   so an output does not depend on which process, or which neighbours, it ran with.
+3. **Overlap I/O with compute.** Background threads decode the next images and encode / write
+   finished ones through bounded queues; the model runs in the main thread, one image at a time.
+4. **Record.** Each output is written atomically and listed in the manifest; at the end the main
+   process writes ``run.json`` and ``failures.txt`` per run folder and prints the summary.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ccsr.discovery import InputError, InputFile, assign_outputs, check_writable, discover
+from ccsr.io import OUTPUT_FORMATS
+from ccsr.manifest import (
+    FAILURES,
+    MANIFEST,
+    RUN_JSON,
+    Expected,
+    ManifestWriter,
+    compact_manifest,
+    model_identity,
+    output_status,
+    read_manifest,
+    remove_stale_temps,
+    settings_diff,
+    settings_hash,
+)
+from ccsr.runlog import (
+    Failure,
+    RunLog,
+    Tally,
+    environment,
+    now_iso,
+    rank_file,
+    read_run_json,
+    summary_line,
+    write_records,
+)
+from ccsr.upscale_config import UpscaleConfig, resolve_model_root
+from ccsr.upscale_loop import Job, RunDir, Task, process
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def run_upscale(cfg: UpscaleConfig) -> int:
+    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted)."""
+    wall0 = time.perf_counter()
+    started = now_iso()
+    state, device = _init_state(cfg.device)
+    rank, world = state.process_index, state.num_processes
+    log = RunLog(cfg.quiet, cfg.log_jsonl, rank)
+    try:
+        try:
+            runs, jobs, pre_failures, identity, dtype_name, notes = _plan(cfg, device)
+        except InputError as e:
+            if rank == 0:
+                print(f"ccsr upscale: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        todo = [j for j in jobs if j.tasks]
+        skipped_images = len(jobs) - len(todo)
+        shard = todo[rank::world]
+        out_root = Path(cfg.output)
+        if rank == 0:
+            for run in runs:
+                run.dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps([out_root], exclude=_input_dirs(cfg))
+            log.event("start", inputs=len(jobs) + len(pre_failures), to_do=len(todo), processes=world)
+            if skipped_images:
+                log.say(
+                    f"skipping {skipped_images} images whose outputs are done (settings match; --overwrite redoes them)"
+                )
+            for note in notes:
+                log.say(note)
+        state.wait_for_everyone()
+        for run in runs:
+            run.writer = ManifestWriter(run.dir / MANIFEST)
+        tally = Tally()
+        if rank == 0:
+            tally.failures += pre_failures
+            for f in pre_failures:
+                log.failure(f)
+        load_s = 0.0
+        if shard:
+            t = time.perf_counter()
+            pipe = _load_pipeline(cfg, device, dtype_name)
+            load_s = time.perf_counter() - t
+            process(shard, pipe, cfg, log, tally)
+        log.close_bar()
+        total = _gather(tally, state, out_root)
+        if rank != 0:
+            return EXIT_INTERRUPTED if tally.interrupted else (EXIT_FAILURES if tally.failures else EXIT_OK)
+        wall = time.perf_counter() - wall0
+        base = {
+            "ccsr_version": _version(),
+            "command": sys.argv,
+            "status": "interrupted" if total.interrupted else "complete",
+            "started": started,
+            "finished": now_iso(),
+            "inputs": [str(p) for p in cfg.inputs],
+            "model": {"source": cfg.model, "components": identity},
+            "environment": environment(device, dtype_name, world),
+            "timings": {
+                "wall_s": round(wall, 3),
+                "model_load_s": round(load_s, 3),
+                "mean_image_s": round(sum(total.image_seconds) / len(total.image_seconds), 4)
+                if total.image_seconds
+                else None,
+                "images_per_s": round(total.images_done / wall, 4) if wall > 0 else None,
+            },
+        }
+        for run in runs:
+            compact_manifest(run.dir)
+            write_records(
+                run.dir,
+                run.steps,
+                {**base, "settings": run.settings, "settings_hash": run.hash},
+                total,
+                run.skipped,
+            )
+        per_image = cfg.samples * len(cfg.steps)
+        line = summary_line(total, skipped_images, len(jobs) + len(pre_failures), wall, load_s, per_image)
+        log_summary = {
+            **base["timings"],
+            "done": total.images_done,
+            "skipped": skipped_images,
+            "failed": len(total.failures),
+        }
+        log.event("summary", **log_summary)
+        if not cfg.quiet:
+            print(line)
+            if total.failures:
+                print(f"  failures listed in {', '.join(str(r.dir / FAILURES) for r in runs)}")
+        status = EXIT_INTERRUPTED if total.interrupted else (EXIT_FAILURES if total.failures else EXIT_OK)
+        if cfg.report and not total.interrupted:
+            status = max(status, _report(cfg))
+        return status
+    finally:
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Failure], dict, str, list[str]]:
+    from ccsr.models.loading import resolve_paths
+    from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
+    from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
+
+    ext = OUTPUT_FORMATS[cfg.output_format][0]
+    found = discover(cfg.inputs, cfg.output, cfg.recursive)
+    files, collisions = assign_outputs(found.files, ext)
+    failures = [Failure(p, r) for p, r in found.failures + collisions]
+    notes = []
+    if found.ignored_subfolders:
+        notes.append(
+            f"note: {found.ignored_subfolders} sub-folders not scanned (pass --recursive to include them)"
+        )
+    out_root = Path(cfg.output)
+    multi = len(cfg.steps) > 1
+    runs = [RunDir(s, out_root / f"steps{s}" if multi else out_root) for s in cfg.steps]
+
+    def rel_for(f: InputFile, k: int) -> str:
+        return (f"sample{k:02d}/" if cfg.samples > 1 else "") + f.output_rel(ext)
+
+    planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES)]
+    planned += [r.dir / rel_for(f, k) for r in runs for f in files for k in range(cfg.samples)]
+    check_writable(planned, out_root, found)
+
+    try:
+        root = resolve_model_root(cfg.model)
+        paths = resolve_paths(root, cfg.base, cfg.controlnet, cfg.vae)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"--model {cfg.model}: {e}") from None
+    identity = model_identity(paths.as_dict())
+    dtype_name = cfg.resolved_precision(device.type)
+    for run in runs:
+        preset = preset_for_steps(run.steps)
+        n = cfg.num_inference_steps or preset.num_inference_steps
+        t_max = preset.t_max if cfg.t_max is None else cfg.t_max
+        t_min = preset.t_min if cfg.t_min is None else cfg.t_min
+        try:  # fail before any work on a schedule the reference would crash on
+            make_schedule(leading_timesteps(n), t_max, t_min, cfg.start_timestep)
+        except ValueError as e:
+            raise InputError(f"steps {run.steps}: {e}") from None
+        run.settings = {
+            "model": {k: v["sha256"] for k, v in identity.items()},
+            "steps": run.steps,
+            "num_inference_steps": n,
+            "t_max": t_max,
+            "t_min": t_min,
+            "guidance_scale": preset.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
+            "start_timestep": cfg.start_timestep,
+            "start_point": cfg.start_point,
+            "prompt": DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt,
+            "negative_prompt": DEFAULT_NEGATIVE_PROMPT
+            if cfg.negative_prompt is None
+            else cfg.negative_prompt,
+            "scale": cfg.scale,
+            "process_size": cfg.process_size,
+            "color_fix": cfg.color_fix,
+            "precision": dtype_name,
+            "tiling": cfg.tiling_settings(),
+            "format": cfg.output_format,
+            "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
+        }
+        run.hash = settings_hash(run.settings)
+
+    manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
+    jobs, conflicts = [], []
+    for f in files:
+        try:
+            st = f.path.stat()
+        except OSError as e:
+            failures.append(Failure(str(f.path), f"cannot be read: {e.strerror or e}"))
+            continue
+        tasks = []
+        for run in runs:
+            for k in range(cfg.samples):
+                rel = rel_for(f, k)
+                want = Expected(run.hash, cfg.seed + k, st.st_size, st.st_mtime_ns)
+                status, why = output_status(run.dir, rel, manifests[id(run)].get(rel), want)
+                if status == "done" and not cfg.overwrite:
+                    run.skipped += 1
+                elif status == "conflict" and not cfg.overwrite:
+                    conflicts.append((run, rel, why))
+                else:
+                    tasks.append(Task(run, k, rel))
+        jobs.append(Job(f, tasks))
+    if conflicts:
+        raise InputError(_conflict_message(conflicts))
+    return runs, jobs, failures, identity, dtype_name, notes
+
+
+def _conflict_message(conflicts: list[tuple[RunDir, str, str]]) -> str:
+    lines = [f"{len(conflicts)} outputs already exist and were not made by this exact command:"]
+    for run, rel, why in conflicts[:5]:
+        lines.append(f"  {run.dir / rel}: {why}")
+    if len(conflicts) > 5:
+        lines.append(f"  ... and {len(conflicts) - 5} more")
+    run = conflicts[0][0]
+    old = read_run_json(run.dir).get("settings_history", {})
+    for why in {w for _, _, w in conflicts if "made with settings" in w}:
+        prev = old.get(why.split()[3].rstrip(","))
+        if prev:
+            lines.append("  settings that differ: " + "; ".join(settings_diff(prev, run.settings)[:8]))
+    lines.append("Pass --overwrite to replace them, or choose another OUTPUT_DIR. Nothing was written.")
+    return "\n".join(lines)
+
+
+def _input_dirs(cfg: UpscaleConfig) -> list[Path]:
+    return [Path(p).resolve() for p in cfg.inputs if Path(p).is_dir()]
+
+
+# ---------------------------------------------------------------------------------------------- devices
+def _init_state(requested: str):
+    import torch
+    from accelerate import PartialState
+
+    if requested == "auto":
+        state = PartialState(cpu=not torch.cuda.is_available())
+        device = state.device
+        if device.type == "cpu" and state.num_processes == 1 and torch.backends.mps.is_available():
+            device = torch.device("mps")
+    else:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(
+                "ccsr upscale: error: --device cuda but torch sees no CUDA device (use --device cpu)"
+            )
+        state = PartialState(cpu=device.type != "cuda")
+        if device.type == "cuda" and device.index is None:
+            device = state.device
+    if device.type == "cpu":
+        device = torch.device("cpu")
+    return state, device
+
+
+def _load_pipeline(cfg: UpscaleConfig, device, dtype_name: str):
+    import torch
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    from ccsr.pipeline import CCSRPipeline
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    pipe = CCSRPipeline.from_pretrained(
+        resolve_model_root(cfg.model),
+        base=cfg.base,
+        controlnet=cfg.controlnet,
+        vae=cfg.vae,
+        torch_dtype=dtype,
+        allow_pickle=cfg.allow_pickle,
+    )
+    return pipe.to(device)
+
+
+# ---------------------------------------------------------------------------------------------- end of run
+def _gather(tally: Tally, state, out_root: Path) -> Tally:
+    """Merge every process's tally into the main one (through small files: no collective ops on objects)."""
+    import json
+
+    if state.num_processes == 1:
+        return tally
+    mine = rank_file(out_root, state.process_index)
+    mine.write_text(json.dumps(tally.to_json()))
+    state.wait_for_everyone()
+    if state.process_index != 0:
+        return tally
+    total = Tally()
+    for r in range(state.num_processes):
+        p = rank_file(out_root, r)
+        total.merge(Tally.from_json(json.loads(p.read_text())))
+        p.unlink()
+    return total
+
+
+def _report(cfg: UpscaleConfig) -> int:
+    try:
+        from ccsr.metrics.report import write_report
+    except ImportError as e:
+        print(
+            f"ccsr upscale: error: --report needs ccsr.metrics.report, which cannot be imported here ({e}). "
+            f"The upscaled images are complete in {cfg.output}; write the report later with `ccsr evaluate`.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURES
+    kwargs = {} if cfg.report_metrics is None else {"metrics": tuple(cfg.report_metrics)}
+    path = write_report(
+        Path(cfg.output), gt_dir=None if cfg.report_gt is None else Path(cfg.report_gt), **kwargs
+    )
+    if not cfg.quiet:
+        print(f"  report: {path}")
+    return EXIT_OK
+
+
+def _version() -> str:
+    from ccsr import __version__
+
+    return __version__

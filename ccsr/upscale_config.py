@@ -1,0 +1,159 @@
+"""Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
+
+Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
+x4, process size 512, AdaIN colour fix, the reference prompts (``None`` = the pipeline's defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+TILING_MODES = ("auto", "on", "off")
+COLOR_FIXES = ("adain", "wavelet", "none")
+#: ``--model tiny``: the small model shipped inside the package (single-folder layout).
+TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
+
+
+@dataclass(frozen=True)
+class UpscaleConfig:
+    inputs: tuple[str, ...]
+    output: str
+    model: str
+    base: str | None = None
+    controlnet: str | None = None
+    vae: str | None = None
+    allow_pickle: bool = False
+    # schedule: user-level step counts (a sweep when several) and the reference's expert knobs
+    steps: tuple[int, ...] = (1,)
+    num_inference_steps: int | None = None
+    t_max: float | None = None
+    t_min: float | None = None
+    start_timestep: int = 999
+    start_point: str = "lr"
+    guidance_scale: float | None = None  # None: 1.0 for 1 step, 4.5 for more (the paper's settings)
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    # image
+    scale: int = 4
+    process_size: int = 512
+    color_fix: str = "adain"
+    # randomness: sample k of every image uses seed + k
+    seed: int = 0
+    samples: int = 1
+    # execution
+    precision: str = "auto"
+    device: str = "auto"
+    tiling: str = "auto"
+    tile_size: int = 512  # pixels of the canvas, as the reference's --tile_diffusion_size
+    tile_stride: int = 256
+    tile_batch: int = 1
+    tile_threshold: int = 1024 * 1024  # canvas pixels above which "auto" tiles
+    vae_tiling: str = "auto"
+    # output
+    output_format: str = "png"
+    quality: int = 95
+    recursive: bool = False
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = 2
+    quiet: bool = False
+    log_jsonl: str | None = None
+    report: bool = False
+    report_gt: str | None = None
+    report_metrics: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        need(len(self.inputs) > 0, "give at least one INPUT (an image file or a folder)")
+        need(
+            len(self.steps) > 0 and all(int(s) >= 1 for s in self.steps),
+            f"--steps {self.steps}: each must be >= 1",
+        )
+        need(len(set(self.steps)) == len(self.steps), f"--steps {list(self.steps)} repeats a value")
+        need(
+            self.num_inference_steps is None or len(self.steps) == 1,
+            "--num-inference-steps fixes the schedule, so it cannot be combined with a sweep of several --steps",
+        )
+        need(
+            self.num_inference_steps is None or self.num_inference_steps >= 1,
+            "--num-inference-steps must be >= 1",
+        )
+        need(self.samples >= 1, f"--samples {self.samples} must be >= 1")
+        need(self.scale >= 1, f"--scale {self.scale} must be a positive integer")
+        need(self.process_size >= 0, f"--process-size {self.process_size} must be >= 0")
+        need(self.color_fix in COLOR_FIXES, f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}")
+        need(
+            self.start_point in ("lr", "noise"), f"--start-point {self.start_point!r}: choose 'lr' or 'noise'"
+        )
+        need(self.precision in PRECISIONS, f"--precision {self.precision!r}: choose one of {PRECISIONS}")
+        need(
+            self.tiling in TILING_MODES and self.vae_tiling in TILING_MODES,
+            f"tiling modes are {TILING_MODES}",
+        )
+        need(
+            self.tile_size > 0
+            and self.tile_size % 8 == 0
+            and self.tile_stride % 8 == 0
+            and 0 < self.tile_stride <= self.tile_size,
+            f"--tile-size {self.tile_size} and --tile-stride {self.tile_stride} must be multiples of 8 "
+            "with 0 < stride <= size",
+        )
+        need(self.tile_batch >= 1, f"--tile-batch {self.tile_batch} must be >= 1")
+        need(
+            self.output_format in OUTPUT_FORMATS,
+            f"--format {self.output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}",
+        )
+        need(1 <= self.quality <= 100, f"--quality {self.quality} must be within 1..100")
+        need(self.max_pixels > 0, f"--max-pixels {self.max_pixels} must be positive")
+        need(self.workers >= 0, f"--workers {self.workers} must be >= 0 (0: no background threads)")
+        need(
+            self.guidance_scale is None or self.guidance_scale >= 0,
+            f"--guidance {self.guidance_scale} must be >= 0",
+        )
+        need(
+            self.report or (self.report_gt is None and self.report_metrics is None),
+            "--gt and --metrics need --report",
+        )
+
+    def resolved_precision(self, device_type: str) -> str:
+        """``auto``: fp16 on CUDA (how the reference produced its results), fp32 elsewhere."""
+        if self.precision != "auto":
+            return self.precision
+        return "fp16" if device_type == "cuda" else "fp32"
+
+    def tiling_settings(self) -> dict:
+        return {
+            "latent": self.tiling,
+            "vae": self.vae_tiling,
+            "tile_size": self.tile_size,
+            "tile_stride": self.tile_stride,
+            "tile_batch": self.tile_batch,
+            "threshold": self.tile_threshold,
+        }
+
+    def tiling_for(self, canvas_size: tuple[int, int]) -> tuple[bool, bool]:
+        """(latent tiling, VAE tiling) for a canvas of ``(width, height)`` pixels."""
+        big = canvas_size[0] * canvas_size[1] > self.tile_threshold
+        return (
+            self.tiling == "on" or (self.tiling == "auto" and big),
+            self.vae_tiling == "on" or (self.vae_tiling == "auto" and big),
+        )
+
+
+def resolve_model_root(model: str) -> str:
+    """``tiny`` -> the shipped ccsr-tiny folder; anything else is passed on (a folder or a Hub repo id)."""
+    if model == "tiny":
+        if not TINY_MODEL_DIR.is_dir():
+            raise FileNotFoundError(
+                f"the shipped ccsr-tiny model is not part of this installation (expected {TINY_MODEL_DIR}); "
+                "pass --model with a folder or Hub repo id of CCSR-v2 weights"
+            )
+        return str(TINY_MODEL_DIR)
+    return model

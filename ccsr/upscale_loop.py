@@ -1,0 +1,278 @@
+"""The work loop of a folder run: decode ahead, run the model, encode and write behind.
+
+The model runs in the calling thread, one (image, sample) at a time, with noise from a CPU
+``torch.Generator`` seeded ``seed + sample``: results do not depend on batch, order, thread or
+process. Reader and writer threads overlap file I/O with compute through bounded queues, so memory
+holds at most ``2 * workers`` decoded images and ``2 * workers`` finished ones.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccsr.discovery import InputFile
+from ccsr.io import (
+    ImageData,
+    ImageReadError,
+    atomic_write,
+    encode_image,
+    read_image,
+    resize_alpha,
+    to_output_pixels,
+)
+from ccsr.manifest import ManifestWriter
+from ccsr.runlog import Failure, RunLog, Tally, now_iso
+from ccsr.upscale_config import UpscaleConfig
+
+
+@dataclass
+class RunDir:
+    """One run folder: the output root, or ``steps{S}/`` of a sweep."""
+
+    steps: int
+    dir: Path
+    settings: dict = field(default_factory=dict)
+    hash: str = ""
+    skipped: int = 0
+    writer: ManifestWriter | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One output to make: sample ``sample`` of an image into ``run``."""
+
+    run: RunDir
+    sample: int
+    rel: str  # output path relative to the run folder
+
+
+@dataclass
+class Job:
+    """One input image and the outputs it still needs."""
+
+    file: InputFile
+    tasks: list[Task]
+
+
+@dataclass
+class Loaded:
+    """A decoded input, made ready in a reader thread."""
+
+    image: ImageData
+    model_input: object  # PIL RGB image
+    alpha: object  # upscaled alpha plane or None
+
+
+def _read(job: Job, cfg: UpscaleConfig) -> Loaded | str:
+    """Runs in a reader thread: decode, build the model input, upscale alpha. A str is a failure reason."""
+    try:
+        img = read_image(job.file.path, cfg.max_pixels)
+        alpha = None
+        if img.alpha is not None:
+            alpha = resize_alpha(img.alpha, (img.size[0] * cfg.scale, img.size[1] * cfg.scale))
+        return Loaded(img, img.model_input(), alpha)
+    except ImageReadError as e:
+        return str(e)
+    except MemoryError:
+        return "not enough memory to decode it"
+
+
+def _prefetch(
+    items: list[Job], fn: Callable[[Job], object], pool: cf.Executor | None, depth: int
+) -> Iterator:
+    """``(item, fn(item))`` in order, with up to ``depth`` items decoded ahead in ``pool``."""
+    if pool is None:
+        for it in items:
+            yield it, fn(it)
+        return
+    queue: deque = deque()
+    source = iter(items)
+    for it in source:
+        queue.append((it, pool.submit(fn, it)))
+        if len(queue) >= depth:
+            break
+    while queue:
+        it, fut = queue.popleft()
+        nxt = next(source, None)
+        if nxt is not None:
+            queue.append((nxt, pool.submit(fn, nxt)))
+        yield it, fut.result()
+
+
+def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tally) -> None:
+    readers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-read") if cfg.workers else None
+    writers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-write") if cfg.workers else None
+    slots = threading.BoundedSemaphore(max(2, 2 * cfg.workers))  # finished images waiting to be written
+    pending: list[tuple[Job, Task, cf.Future]] = []
+    lock = threading.Lock()
+    log.start_bar(len(shard))
+    started = 0
+    restore = _sigterm_as_interrupt()
+    try:
+        for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * cfg.workers)):
+            started += 1
+            if isinstance(loaded, str):
+                _fail(tally, log, Failure(str(job.file.path), loaded), lock)
+                log.image_failed()
+                continue
+            t0 = time.perf_counter()
+            ok = 0
+            for task in job.tasks:
+                try:
+                    sr, info = _upscale(pipe, loaded, task, cfg)
+                except Exception as e:  # one image's model failure must not end a 10k-image run
+                    _fail(tally, log, Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)), lock)
+                    continue
+                ok += 1
+                if writers is None:
+                    _finish_write(job, task, loaded, sr, info, cfg, tally, log, lock)
+                else:
+                    slots.acquire()
+                    fut = writers.submit(_finish_write, job, task, loaded, sr, info, cfg, tally, log, lock)
+                    fut.add_done_callback(lambda _f: slots.release())
+                    pending.append((job, task, fut))
+            if ok or not job.tasks:
+                with lock:
+                    tally.images_done += 1
+                    tally.image_seconds.append(time.perf_counter() - t0)
+                log.image_done(job.file.rel, time.perf_counter() - t0, ok)
+            else:
+                log.image_failed()
+    except KeyboardInterrupt:
+        tally.interrupted = True
+        tally.not_started = len(shard) - started
+        log.say("interrupted: finishing the outputs already computed (no partial files are left)")
+    finally:
+        restore()
+        if readers is not None:
+            readers.shutdown(wait=True, cancel_futures=True)
+        if writers is not None:
+            writers.shutdown(wait=True)
+
+
+def _steps_of(cfg: UpscaleConfig, task: Task) -> int | None:
+    return task.run.steps if len(cfg.steps) > 1 else None
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
+    with lock:
+        tally.failures.append(f)
+    log.failure(f)
+
+
+def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig):
+    import torch
+
+    from ccsr.image import plan_resize
+
+    canvas = plan_resize(loaded.image.size, cfg.scale, cfg.process_size).canvas_size
+    latent_tiles, vae_tiles = cfg.tiling_for(canvas)
+    kwargs = dict(
+        steps=task.run.steps,
+        num_inference_steps=cfg.num_inference_steps,
+        t_max=cfg.t_max,
+        t_min=cfg.t_min,
+        guidance_scale=cfg.guidance_scale,
+        prompt=task.run.settings["prompt"],
+        negative_prompt=task.run.settings["negative_prompt"],
+        upscale=cfg.scale,
+        process_size=cfg.process_size,
+        color_fix=cfg.color_fix,
+        start_timestep=cfg.start_timestep,
+        start_point=cfg.start_point,
+        tile_batch=cfg.tile_batch,
+        output_type="pt",
+    )
+
+    def call(tiled: bool, vae: bool):
+        gen = torch.Generator("cpu").manual_seed(cfg.seed + task.sample)
+        tile = dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride) if tiled else {}
+        return pipe(loaded.model_input, generator=gen, vae_tiling=vae, **tile, **kwargs)
+
+    try:
+        out = call(latent_tiles, vae_tiles)
+    except torch.OutOfMemoryError:
+        if latent_tiles and vae_tiles:
+            raise
+        # Out of GPU memory untiled: the same image tiled needs memory for one tile only.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        latent_tiles = vae_tiles = True
+        out = call(True, True)
+    sr = out.images[0].float().cpu().numpy()
+    return sr, {"timesteps": list(out.timesteps), "tiled": latent_tiles, "vae_tiled": vae_tiles}
+
+
+def _finish_write(
+    job: Job, task: Task, loaded: Loaded, sr, info: dict, cfg, tally: Tally, log: RunLog, lock
+) -> None:
+    """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
+    img = loaded.image
+    out = task.run.dir / task.rel
+    try:
+        pixels = to_output_pixels(sr, img.gray, img.bit_depth)
+        data, notes = encode_image(
+            pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
+        )
+        st_in = job.file.path.stat()
+        entry = {
+            "input": job.file.rel,
+            "source": str(job.file.path),
+            "output": task.rel,
+            "sample": task.sample,
+            "seed": cfg.seed + task.sample,
+            "steps": task.run.steps,
+            "settings": task.run.hash,
+            "input_bytes": st_in.st_size,
+            "input_mtime_ns": st_in.st_mtime_ns,
+            "input_sha256": img.sha256,
+            "output_sha256": hashlib.sha256(data).hexdigest(),
+            "finished": now_iso(),
+            **info,
+        }
+
+        def record(st) -> None:
+            if out.exists():  # only reachable with --overwrite: see ccsr.manifest on the ordering
+                out.unlink()
+            task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
+
+        atomic_write(out, data, record)
+    except Exception as e:
+        _fail(
+            tally,
+            log,
+            Failure(str(job.file.path), f"could not write {out}: {_reason(e)}", _steps_of(cfg, task)),
+            lock,
+        )
+        return
+    with lock:
+        tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
+        for n in notes:
+            if n not in tally.notes:
+                tally.notes.append(n)
+                log.say(f"note: {n}")
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """A scheduler's SIGTERM (preemption) stops the run like Ctrl-C. Returns the undo function."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)
