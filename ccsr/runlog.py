@@ -49,6 +49,8 @@ class Tally:
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False
     not_started: int = 0
+    loop_seconds: float = 0.0  # first read to last write; processes run side by side, so merged by max
+    peak_gpu_bytes: int = 0
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -71,6 +73,8 @@ class Tally:
         self.notes += [n for n in other.notes if n not in self.notes]
         self.interrupted |= other.interrupted
         self.not_started += other.not_started
+        self.loop_seconds = max(self.loop_seconds, other.loop_seconds)
+        self.peak_gpu_bytes = max(self.peak_gpu_bytes, other.peak_gpu_bytes)
 
 
 class RunLog:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ccsr.discovery import InputError, InputFile, assign_outputs, check_writable, discover
-from ccsr.io import OUTPUT_FORMATS
+from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
 from ccsr.manifest import (
     FAILURES,
     MANIFEST,
@@ -94,7 +94,11 @@ def run_upscale(cfg: UpscaleConfig) -> int:
         load_s = 0.0
         if shard:
             t = time.perf_counter()
-            pipe = _load_pipeline(cfg, device, dtype_name)
+            try:
+                pipe = _load_pipeline(cfg, device, dtype_name)
+            except (OSError, ValueError, RuntimeError) as e:  # bad weights, wrong layout, device trouble
+                print(f"ccsr upscale: error: could not load --model {cfg.model}: {e}", file=sys.stderr)
+                return EXIT_USAGE
             load_s = time.perf_counter() - t
             process(shard, pipe, cfg, log, tally)
         log.close_bar()
@@ -117,7 +121,14 @@ def run_upscale(cfg: UpscaleConfig) -> int:
                 "mean_image_s": round(sum(total.image_seconds) / len(total.image_seconds), 4)
                 if total.image_seconds
                 else None,
-                "images_per_s": round(total.images_done / wall, 4) if wall > 0 else None,
+                "loop_s": round(total.loop_seconds, 3),
+                # throughput of the work loop (reading, model, writing), without start-up and model load
+                "images_per_s": round(total.images_done / total.loop_seconds, 4)
+                if total.loop_seconds
+                else None,
+                "peak_gpu_memory_gib": round(total.peak_gpu_bytes / 2**30, 3)
+                if total.peak_gpu_bytes
+                else None,
             },
         }
         for run in runs:
@@ -172,6 +183,11 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
     def rel_for(f: InputFile, k: int) -> str:
         return (f"sample{k:02d}/" if cfg.samples > 1 else "") + f.output_rel(ext)
 
+    if not files and not failures:
+        raise InputError(
+            f"no images found in {', '.join(map(str, cfg.inputs))} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            + ("; sub-folders need --recursive)" if found.ignored_subfolders else ")")
+        )
     planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES)]
     planned += [r.dir / rel_for(f, k) for r in runs for f in files for k in range(cfg.samples)]
     check_writable(planned, out_root, found)

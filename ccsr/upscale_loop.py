@@ -83,6 +83,8 @@ def _read(job: Job, cfg: UpscaleConfig) -> Loaded | str:
         return str(e)
     except MemoryError:
         return "not enough memory to decode it"
+    except Exception as e:  # a decoder bug on one odd file must not end the run
+        return f"could not be decoded ({_reason(e)})"
 
 
 def _prefetch(
@@ -111,9 +113,10 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     readers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-read") if cfg.workers else None
     writers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-write") if cfg.workers else None
     slots = threading.BoundedSemaphore(max(2, 2 * cfg.workers))  # finished images waiting to be written
-    pending: list[tuple[Job, Task, cf.Future]] = []
+    done: list[str] = []  # inputs whose outputs were all computed (writes may still fail)
     lock = threading.Lock()
     log.start_bar(len(shard))
+    loop0 = time.perf_counter()
     started = 0
     restore = _sigterm_as_interrupt()
     try:
@@ -138,10 +141,9 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                     slots.acquire()
                     fut = writers.submit(_finish_write, job, task, loaded, sr, info, cfg, tally, log, lock)
                     fut.add_done_callback(lambda _f: slots.release())
-                    pending.append((job, task, fut))
-            if ok or not job.tasks:
+            if ok == len(job.tasks):
+                done.append(str(job.file.path))
                 with lock:
-                    tally.images_done += 1
                     tally.image_seconds.append(time.perf_counter() - t0)
                 log.image_done(job.file.rel, time.perf_counter() - t0, ok)
             else:
@@ -156,6 +158,16 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
             readers.shutdown(wait=True, cancel_futures=True)
         if writers is not None:
             writers.shutdown(wait=True)
+        failed = {f.input for f in tally.failures}
+        tally.images_done += sum(1 for d in done if d not in failed)
+        tally.loop_seconds += time.perf_counter() - loop0
+        tally.peak_gpu_bytes = max(tally.peak_gpu_bytes, _peak_gpu_bytes())
+
+
+def _peak_gpu_bytes() -> int:
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
 
 
 def _steps_of(cfg: UpscaleConfig, task: Task) -> int | None:

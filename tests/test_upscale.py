@@ -318,10 +318,16 @@ def test_output_inside_input_and_overlaps_never_touch_inputs(tmp_path, capsys, c
     assert rc == 1 and "1 done" in stdout and "x.png\tits output name x.png is already that of" in fails
 
 
-def test_arguments_refused_before_any_work(tmp_path, capsys, common, monkeypatch):
+def test_arguments_refused_before_any_work(tmp_path, capsys, common, monkeypatch, tiny_model_dir):
     src = simple_folder(tmp_path / "in", 1)
     out = tmp_path / "out"
     monkeypatch.delenv("CCSR_MODEL", raising=False)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "controlnet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
     cases = [
         ([src, out], "no model"),
         (
@@ -333,6 +339,8 @@ def test_arguments_refused_before_any_work(tmp_path, capsys, common, monkeypatch
         ([src, out, "--model", tmp_path / "no-model"], "does not exist"),
         ([src, out, *common, "--tile-size", "100"], "multiples of 8"),
         ([src], "at least one input and the output folder"),
+        ([empty, out, *common], "no images found"),
+        ([src, out, "--model", broken], "could not load --model"),
     ]
     from ccsr.upscale_config import TINY_MODEL_DIR
 
@@ -341,7 +349,7 @@ def test_arguments_refused_before_any_work(tmp_path, capsys, common, monkeypatch
     for argv, message in cases:
         rc, _, err = run(capsys, *argv)
         assert rc == 2 and message in err, (argv, err)
-    assert not out.exists()
+    assert not list(out.glob("*.png"))
 
 
 def test_report_hook(tmp_path, capsys, common, monkeypatch):

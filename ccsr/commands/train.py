@@ -10,16 +10,20 @@ import argparse
 import importlib
 import sys
 
-HELP = "train a CCSR stage (stage1: the ControlNet) from a yaml config; --set overrides any key"
+HELP = "train a CCSR stage (stage1: the ControlNet, stage2: the VAE decoder) from a yaml config; --set overrides any key"
 
 #: stage -> (config dataclass, function run(config)), both as "module:attribute", imported on use so
 #: that a bad config is reported before torch loads. Add a stage with one line here.
 STAGES: dict[str, tuple[str, str]] = {
     "stage1": ("ccsr.training.stage1_config:Stage1Config", "ccsr.training.stage1:run"),
+    "stage2": ("ccsr.training.stage2_config:Stage2Config", "ccsr.training.stage2:run"),
 }
 
 #: Default config file per stage (relative to the repository root).
-DEFAULT_CONFIGS: dict[str, str] = {"stage1": "configs/train/stage1.yaml"}
+DEFAULT_CONFIGS: dict[str, str] = {
+    "stage1": "configs/train/stage1.yaml",
+    "stage2": "configs/train/stage2.yaml",
+}
 
 
 def _resolve(spec: str):

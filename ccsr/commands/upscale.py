@@ -192,4 +192,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from ccsr.runner import run_upscale
 
-    return run_upscale(cfg)
+    try:
+        return run_upscale(cfg)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being handled
+        print("ccsr upscale: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
