@@ -1,0 +1,368 @@
+"""Stage 2 of CCSR-v2: GAN fine-tuning of the VAE decoder for deterministic detail (spec §4).
+
+The frozen stage-1 model (SD-2.1-base UNet + the CCSR ControlNet) turns each LR image into a
+clean latent exactly as inference does (default: one step at t=999 from the noised LR latent);
+only the VAE decoder learns to decode it into the HR image:
+
+    L_G = w_rec * {L1|L2}(D(x0), x_HR) + w_lpips * LPIPS(D(x0), x_HR) + w_gan * hinge_G(Disc(D(x0), c))
+    L_D = w_disc * hinge_D(Disc(x_HR, c), Disc(D(x0).detach(), c)),   c = DINOv2-CLS(x_LR)
+
+with the generator's GAN term switched on after ``begin_disc`` steps. Fixes over the reference
+(``train_ccsr_stage2.py`` of CCSR-v2.0): LPIPS is on (it was commented out, issue #40) and is *not*
+zeroed before ``begin_disc``; resume works (the shared loop restores both models, optimizers and
+RNG states); no hard-coded weight paths; ``accelerator.unwrap_model`` instead of ``--is_module``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from ccsr.config import load_config
+from ccsr.data.degradation_config import DegradationConfig
+from ccsr.denoiser import predict_eps
+from ccsr.diffusion import add_noise, predict_x0
+from ccsr.schedule import CCSRSchedule, make_schedule
+from ccsr.training.gan_losses import hinge_discriminator_loss, hinge_generator_loss
+from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
+from ccsr.training.stage2_config import Stage2Config
+
+Config = Stage2Config  # what `ccsr train stage2` loads
+GeneratorArg = torch.Generator | list[torch.Generator] | None
+
+
+# ----------------------------------------------------------------------------- generator path
+@torch.no_grad()
+def encode_lr(vae, lq: torch.Tensor, generator: GeneratorArg = None, mode: str = "sample") -> torch.Tensor:
+    """Scaled LR latent ``s * E(2 lq - 1)`` ``(B, 4, H/8, W/8)`` float32, for ``lq`` ``(B, 3, H, W)`` in ``[0, 1]``."""
+    dist = vae.encode((lq * 2 - 1).to(vae.dtype)).latent_dist
+    z = dist.sample(generator=generator) if mode == "sample" else dist.mode()
+    return z.float() * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def sample_clean_latent(
+    unet,
+    controlnet,
+    scheduler,
+    schedule: CCSRSchedule,
+    z_lr: torch.Tensor,
+    noise: torch.Tensor,
+    text: torch.Tensor,
+    negative_text: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    start_timestep: int = 999,
+    generator: GeneratorArg = None,
+) -> torch.Tensor:
+    """The latent CCSR decodes, computed as :class:`ccsr.pipeline.CCSRPipeline` computes it (``start_point="lr"``,
+    ``initial_prompt="reference"``, untiled): extraction step at ``start_timestep``, re-noising to ``tau``,
+    truncated DDPM loop with optional classifier-free guidance, x0 read-out at ``t_min``.
+
+    Shapes: ``z_lr`` and ``noise`` ``(B, 4, h, w)``; ``text`` / ``negative_text`` ``(1, L, D)``.
+    ``scheduler`` must have had ``set_timesteps(schedule.num_inference_steps)``. Random draws (re-noising,
+    DDPM variance) come from ``generator`` in the pipeline's order. Returns float32 ``(B, 4, h, w)``.
+    """
+    alphas = scheduler.alphas_cumprod
+    cfg = guidance_scale > 1.0
+    if cfg and negative_text is None:
+        raise ValueError(f"guidance_scale={guidance_scale} > 1 needs negative_text")
+
+    def eps_at(x: torch.Tensor, t: int, guided: bool, emb: torch.Tensor) -> torch.Tensor:
+        if not guided:
+            return predict_eps(unet, controlnet, x, t, emb, z_lr).float()
+        n = x.shape[0]
+        both = torch.cat([negative_text.expand(n, -1, -1), text.expand(n, -1, -1)])
+        e_neg, e_pos = (
+            predict_eps(unet, controlnet, torch.cat([x, x]), t, both, torch.cat([z_lr, z_lr]))
+            .float()
+            .chunk(2)
+        )
+        return e_neg + guidance_scale * (e_pos - e_neg)
+
+    x = add_noise(z_lr, noise, start_timestep, alphas)
+    if schedule.start_timestep is not None:
+        # With guidance the reference conditions the extraction step on the *negative* prompt (spec §8.6).
+        x0 = predict_x0(
+            x,
+            eps_at(x, schedule.start_timestep, False, negative_text if cfg else text),
+            schedule.start_timestep,
+            alphas,
+        )
+        if schedule.loop:
+            renoise = randn_tensor(tuple(x.shape), generator=generator, device=x.device, dtype=torch.float32)
+            x = add_noise(x0, renoise, schedule.tau, alphas)
+        else:
+            x = x0
+    for i, t in enumerate(schedule.loop):
+        eps = eps_at(x, t, cfg, text)
+        if schedule.final_x0 and i == len(schedule.loop) - 1:
+            x = predict_x0(x, eps, t, alphas)
+        else:
+            x = scheduler.step(eps, t, x, generator=generator, return_dict=False)[0].float()
+    return x
+
+
+class VAEDecoder(nn.Module):
+    """Scaled-back latent ``(B, 4, h, w)`` -> image ``(B, 3, 8h, 8w)`` in about ``[-1, 1]``.
+
+    Holds the VAE's ``post_quant_conv`` and ``decoder`` (the same module objects, so the VAE itself is
+    updated) behind a ``forward`` that accelerate/DDP can wrap; the frozen encoder stays outside, which
+    also keeps it out of the checkpoints.
+    """
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Temporarily stop gradients into ``module``'s parameters (the discriminator during the generator loss)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------- the step
+class Stage2Step(TrainStep):
+    """Decoder + discriminator training step for :func:`ccsr.training.loop.train`.
+
+    Batches are dicts of ``(B, 3, H, W)`` tensors in ``[0, 1]`` as :mod:`ccsr.data.datasets` makes them:
+    ``{"gt"}`` (the LR image is then made on the device by the Real-ESRGAN degradation of
+    ``data.degradation``, as in stage 1) or ``{"lq", "gt"}`` (a paired LR, any size; it is resized
+    bicubically to the GT size, the canvas inference would see).
+    """
+
+    def __init__(self, cfg: Stage2Config) -> None:
+        from ccsr.models.discriminator import build_discriminator
+        from ccsr.models.loading import load_components
+
+        self.cfg = cfg
+        m, s, obj = cfg.model, cfg.sampling, cfg.objective
+        # LPIPS first: a missing weights file should fail before minutes of model loading.
+        self.lpips = None
+        if obj.weight_lpips > 0:
+            from ccsr.training.perceptual import build_lpips
+
+            self.lpips = build_lpips(cfg.lpips.net, cfg.lpips.backbone_weights)
+        c = load_components(m.pretrained, m.base, m.controlnet, m.vae)
+        self.unet, self.stage1_controlnet, self.scheduler = c.unet, c.controlnet, c.scheduler
+        self.vae = c.vae
+        self.scheduler.set_timesteps(s.num_inference_steps)
+        self.schedule = make_schedule(
+            [int(t) for t in self.scheduler.timesteps], s.t_max, s.t_min, s.start_timestep
+        )
+        self.text = self._encode(c, s.prompt)
+        self.negative_text = self._encode(c, s.negative_prompt) if s.guidance_scale > 1.0 else None
+        del c  # the text encoder is not needed again
+        from ccsr.data.degradation import RealESRGANDegradation
+
+        deg = cfg.data.degradation
+        self.degrade = RealESRGANDegradation(
+            DegradationConfig() if deg is None else load_config(DegradationConfig, deg)
+        )
+
+        # Only the listed VAE parts train; everything else (encoder, quant_conv) stays frozen.
+        self.vae.requires_grad_(False)
+        for part in obj.trainable:
+            getattr(self.vae, part).requires_grad_(True)
+        self.decoder = VAEDecoder(self.vae).train()
+        d = cfg.discriminator
+        with torch.random.fork_rng(devices=[]):
+            # The heads' initial weights depend on train.seed only, not on what ran before.
+            torch.manual_seed(cfg.train.seed)
+            self.discriminator = build_discriminator(
+                d.feature_network,
+                d.condition_network,
+                taps=d.taps,
+                cmap_dim=d.cmap_dim,
+                kernel_size=d.kernel_size,
+                norm_groups=d.norm_groups,
+                augment=d.augment,
+                p_crop=d.p_crop,
+            ).train()
+
+    @staticmethod
+    @torch.no_grad()
+    def _encode(c, prompt: str) -> torch.Tensor:
+        ids = c.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=c.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return c.text_encoder(ids)[0].float()
+
+    # -- the loop's contract
+    def modules(self) -> dict[str, nn.Module]:
+        return {"decoder": self.decoder, "discriminator": self.discriminator}
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "generator": [p for p in self.decoder.parameters() if p.requires_grad],
+            "discriminator": [p for p in self.discriminator.parameters() if p.requires_grad],
+        }
+
+    def bind(self, accelerator, prepared: dict[str, nn.Module]) -> None:
+        super().bind(accelerator, prepared)
+        device, dtype = accelerator.device, weight_dtype(accelerator)
+        # Frozen networks run in the mixed-precision dtype as in the reference; the VAE stays float32
+        # because its decoder holds the trained (master) weights.
+        self.unet.to(device, dtype)
+        self.stage1_controlnet.to(device, dtype)
+        self.vae.to(device)
+        self.text = self.text.to(device)
+        if self.negative_text is not None:
+            self.negative_text = self.negative_text.to(device)
+        if self.lpips is not None:
+            self.lpips.to(device)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.vae.enable_gradient_checkpointing()
+
+    def gan_active(self, global_step: int) -> bool:
+        """The reference's rule: the generator's GAN term is off while ``global_step <= begin_disc``."""
+        return self.cfg.objective.weight_gan > 0 and global_step > self.cfg.objective.begin_disc
+
+    def clean_latent(self, lq: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
+        """The frozen stage-1 model's latent for ``lq`` ``(B, 3, H, W)`` in ``[0, 1]``: noise is drawn first,
+        then the posterior sample, as in the pipeline."""
+        s = self.cfg.sampling
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        shape = (lq.shape[0], self.unet.config.in_channels, lq.shape[2] // f, lq.shape[3] // f)
+        noise = randn_tensor(shape, generator=generator, device=lq.device, dtype=torch.float32)
+        z_lr = encode_lr(self.vae, lq, generator, s.lr_latent)
+        return sample_clean_latent(
+            self.unet,
+            self.stage1_controlnet,
+            self.scheduler,
+            self.schedule,
+            z_lr,
+            noise,
+            self.text,
+            self.negative_text,
+            s.guidance_scale,
+            s.start_timestep,
+            generator,
+        )
+
+    def lr_and_gt(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lq, gt)``: the LR canvas in ``[0, 1]`` and the GT in ``[-1, 1]``, both ``(B, 3, H, W)``."""
+        gt = batch["gt"].float()
+        lq = batch["lq"].float() if "lq" in batch else self.degrade(gt)
+        if lq.shape[-2:] != gt.shape[-2:]:
+            lq = F.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        return lq, gt * 2 - 1
+
+    def __call__(self, batch: dict[str, Any], global_step: int) -> StepOutput:
+        obj = self.cfg.objective
+        lq, gt = self.lr_and_gt(batch)
+        disc = self.unwrap("discriminator")
+        with torch.no_grad():
+            z = self.clean_latent(lq)
+            cond = disc.condition(lq)
+        # The reference clamps before every loss; gradients stop where the decoder overshoots.
+        img = self.decoder(z / self.vae.config.scaling_factor).float().clamp(-1, 1)
+
+        rec = F.l1_loss(img, gt) if obj.reconstruction == "l1" else F.mse_loss(img, gt)
+        loss_g = obj.weight_reconstruction * rec
+        logs = {"loss/reconstruction": float(rec.detach())}
+        if self.lpips is not None:
+            lp = self.lpips(img, gt).mean()
+            loss_g = loss_g + obj.weight_lpips * lp
+            logs["loss/lpips"] = float(lp.detach())
+        if self.gan_active(global_step):
+            # The bare module, frozen: no gradient from L_G may reach the heads, and DDP must not see this pass.
+            with frozen(disc):
+                g_adv = hinge_generator_loss(disc(img, cond))
+            loss_g = loss_g + obj.weight_gan * g_adv
+            logs["loss/g_adv"] = float(g_adv.detach())
+
+        # One discriminator pass over real and fake together (one DDP forward per iteration).
+        logits = self.discriminator(torch.cat([gt, img.detach()]), torch.cat([cond, cond]))
+        real, fake = logits.chunk(2)
+        loss_d = obj.weight_discriminator * hinge_discriminator_loss(real, fake)
+        logs["d/real_logit"] = float(real.detach().float().mean())
+        logs["d/fake_logit"] = float(fake.detach().float().mean())
+        return StepOutput({"generator": loss_g, "discriminator": loss_d}, logs)
+
+    @torch.no_grad()
+    def validate(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``lq`` (the LR canvas), ``sr`` (decoded by the fine-tuned decoder) and ``gt``, ``(B, 3, H, W)`` in ``[0, 1]``.
+
+        Noise comes from a fixed-seed generator, so images of different steps are comparable and the
+        training RNG (restored on resume) is not consumed.
+        """
+        lq, gt = self.lr_and_gt(batch)
+        gen = torch.Generator(device=lq.device).manual_seed(0)
+        z = self.clean_latent(lq, gen)
+        sr = self.unwrap("decoder")(z / self.vae.config.scaling_factor).float()
+        return {"lq": lq, "sr": (sr / 2 + 0.5).clamp(0, 1), "gt": (gt / 2 + 0.5).clamp(0, 1)}
+
+    def export(self, output_dir: str | os.PathLike) -> Path:
+        """Write the fine-tuned VAE as ``output_dir/vae/`` (diffusers layout, safetensors, float32), loadable
+        with ``CCSRPipeline.from_pretrained(model, vae=output_dir)``. Written beside and renamed into place."""
+        out = Path(output_dir)
+        final, tmp = out / "vae", out / ".vae.tmp"
+        src = self.cfg.model.vae
+        if src is not None and Path(src).resolve() in (final.resolve(), out.resolve()):
+            raise ValueError(
+                f"export to {final} would overwrite the input VAE model.vae={src}; choose another train.output_dir"
+            )
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.vae.save_pretrained(tmp, safe_serialization=True)
+        if final.exists():
+            old = out / ".vae.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        return final
+
+
+def run(cfg: Stage2Config) -> TrainResult:
+    """Train stage 2 as configured; the VAE is exported to ``train.output_dir/vae``."""
+    from accelerate.utils import set_seed
+
+    from ccsr.data.datasets import HQImageDataset, PairedImageDataset
+
+    set_seed(cfg.train.seed)
+    step = Stage2Step(cfg)
+    train_data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
+    val_data = None
+    if cfg.data.val_lr is not None:
+        val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
+    return train(
+        step,
+        train_data,
+        cfg.train,
+        cfg.optimizer,
+        num_workers=cfg.data.num_workers,
+        val_dataset=val_data,
+        val_max_images=cfg.data.val_max_images,
+        config=cfg,
+        project_name="ccsr-stage2",
+    )
