@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,6 +144,25 @@ def test_basicsr_is_imported_by_one_module_only():
         if re.search(r"^\s*(from|import) basicsr", p.read_text(), re.M)
     ]
     assert importers == ["ccsr/data/degradation.py"]
+
+
+def test_basicsr_imports_without_distutils():
+    """Python 3.12 has no distutils (setuptools may provide it, or not); basicsr 1.4.2 imports it."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('distutils', '_distutils_hack'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.modules.pop('distutils', None)\n"
+        "from ccsr.data.degradation import RealESRGANDegradation\n"
+        "import basicsr.archs.arch_util as au\n"
+        "print(au.LooseVersion('0.29.1') >= au.LooseVersion('0.9.0'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
 
 
 @pytest.fixture(scope="module")

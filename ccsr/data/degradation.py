@@ -4,7 +4,8 @@ Super-Resolution with Pure Synthetic Data", §3) on basicsr's own functions, wit
 The only module of ``ccsr`` that imports basicsr. basicsr 1.4.2 (its latest release) imports
 ``torchvision.transforms.functional_tensor``, which torchvision 0.17 removed; the one function it
 needs (``rgb_to_grayscale``) still lives in ``torchvision.transforms.functional``, so a tiny alias
-module is registered under the old name before basicsr is imported. That is the whole fix.
+module is registered under the old name before basicsr is imported. That is the whole fix (plus
+``distutils.version.LooseVersion``, which Python 3.12 dropped, for interpreters without setuptools).
 
 Usage on the training device, outside the Dataset (so DataLoader workers stay free of CUDA):
 
@@ -32,20 +33,29 @@ from ccsr.data.degradation_config import DegradationConfig, DegradationOrder
 _LEGACY = "torchvision.transforms.functional_tensor"
 
 
-def _register_torchvision_alias() -> None:
-    if _LEGACY in sys.modules:
-        return
-    try:
-        __import__(_LEGACY)
+def _register_legacy_aliases() -> None:
+    """Let basicsr 1.4.2 import on current torchvision (and on Python >= 3.12 without setuptools)."""
+    if _LEGACY not in sys.modules:
+        try:
+            __import__(_LEGACY)
+        except ModuleNotFoundError:
+            from torchvision.transforms import functional
+
+            alias = types.ModuleType(_LEGACY)
+            alias.rgb_to_grayscale = functional.rgb_to_grayscale
+            sys.modules[_LEGACY] = alias
+    try:  # basicsr.archs.arch_util compares torchvision versions with distutils' LooseVersion
+        __import__("distutils.version")
     except ModuleNotFoundError:
-        from torchvision.transforms import functional
+        from packaging.version import Version
 
-        alias = types.ModuleType(_LEGACY)
-        alias.rgb_to_grayscale = functional.rgb_to_grayscale
-        sys.modules[_LEGACY] = alias
+        version = types.ModuleType("distutils.version")
+        version.LooseVersion = Version
+        sys.modules.setdefault("distutils", types.ModuleType("distutils")).version = version
+        sys.modules["distutils.version"] = version
 
 
-_register_torchvision_alias()
+_register_legacy_aliases()
 try:
     from basicsr.data.degradations import (
         circular_lowpass_kernel,

@@ -210,11 +210,15 @@ def build_step(cfg: Stage1Config) -> Stage1Step:
         init = Path(m.controlnet_init)
         # Accept the folder itself or its parent, as the reference's subfolder="controlnet".
         controlnet = load_ccsr_controlnet(init if (init / "config.json").is_file() else init / "controlnet")
-    degradation = (
-        DegradationConfig()
-        if cfg.data.degradation is None
-        else load_config(DegradationConfig, cfg.data.degradation)
-    )
+    degradation = DegradationConfig()  # the reference values
+    if cfg.data.degradation is not None:
+        if not Path(cfg.data.degradation).is_file():
+            raise FileNotFoundError(
+                f"data.degradation={cfg.data.degradation} not found in {Path.cwd()}: relative paths are taken from "
+                "the current folder (run from the repository root), or give an absolute path, or set "
+                "data.degradation=null for the built-in reference values"
+            )
+        degradation = load_config(DegradationConfig, cfg.data.degradation)
     return Stage1Step(
         unet=parts.unet,
         controlnet=controlnet,
