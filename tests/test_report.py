@@ -99,7 +99,10 @@ def test_psnr_and_ssim_on_y_channel_match_an_independent_computation():
 
 
 def test_metric_metadata_comes_from_pyiqa_without_weights():
-    from ccsr.metrics.iqa import metric_info
+    from ccsr.commands.evaluate import PAPER_SET
+    from ccsr.metrics.iqa import PAPER_METRICS, metric_info
+
+    assert PAPER_SET == tuple(PAPER_METRICS)  # `--metrics paper` is the pinned table
 
     assert (metric_info("psnr").arrow, metric_info("psnr").mode) == ("↑", "FR")
     assert (metric_info("lpips").arrow, metric_info("lpips").needs_gt) == ("↓", True)

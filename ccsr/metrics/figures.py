@@ -81,6 +81,9 @@ def save_sweep_plot(
         ax.set_xlabel("steps", fontsize=8)
         ax.set_xticks(list(steps))
         ax.tick_params(labelsize=8)
+        ax.ticklabel_format(
+            axis="y", useOffset=False
+        )  # nearly equal values would otherwise read "1e-5+0.1375"
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.set_axis_off()

@@ -146,8 +146,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.rsplit(".", 1)[0])[-80:]
+def _slug(name: str) -> str:
+    """A file-name-safe version of ``name`` (URL-safe too, for the HTML links)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-80:]
 
 
 def _uint8_hwc(x) -> np.ndarray:
@@ -168,11 +169,11 @@ def _draw_unstable(results: list[RunScores], top: int, assets: Path) -> dict[str
     vmax = float(np.percentile(np.concatenate([m.ravel() for m in every]), 99.5)) if every else 0.0
     out: dict[str, list[dict]] = {}
     for r in results:
-        folder = assets / r.label
+        folder = assets / _slug(r.label)
         folder.mkdir(exist_ok=True)
         rows = []
         for rank, (i, m) in enumerate(maps[r.label], start=1):
-            stem = f"{rank:02d}_{_safe(r.run.names[i])}"
+            stem = f"{rank:02d}_{_slug(r.run.names[i].rsplit('.', 1)[0])}"
             samples = r.run.load_samples(i)
             panels = (
                 []
@@ -193,8 +194,8 @@ def _draw_unstable(results: list[RunScores], top: int, assets: Path) -> dict[str
                     "name": r.run.names[i],
                     "l_std": float(r.l_std_per_image[i]),
                     "std": {n: float(s.per_image_std()[i]) for n, s in r.metrics.items() if s.image_level},
-                    "heatmap": f"{REPORT_ASSETS}/{r.label}/{heat.name}",
-                    "figure": f"{REPORT_ASSETS}/{r.label}/{fig.name}",
+                    "heatmap": f"{REPORT_ASSETS}/{folder.name}/{heat.name}",
+                    "figure": f"{REPORT_ASSETS}/{folder.name}/{fig.name}",
                     "vmax": vmax,
                 }
             )

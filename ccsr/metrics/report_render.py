@@ -12,7 +12,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
+th:first-child,td:first-child,td.t{text-align:left}th{background:#f4f4f4}
 .meta td{text-align:left;border:none;padding:1px 10px 1px 0}.note{color:#555;font-size:13px}
 pre{background:#f7f7f7;padding:8px;white-space:pre-wrap;font-size:12px}
 figure{margin:10px 0 22px}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#444}
@@ -199,7 +199,7 @@ def html_page(summary: dict, sweep_plot: str | None) -> str:
         for k, u in enumerate(r["most_unstable"], 1):
             std = "".join(f"<td>{fmt(u['std'].get(c))}</td>" for c in cols)
             h.append(
-                f"<tr><td>{k}</td><td>{_e(u['name'])}</td><td>{fmt(u['l_std'])}</td>{std}"
+                f'<tr><td>{k}</td><td class="t">{_e(u["name"])}</td><td>{fmt(u["l_std"])}</td>{std}'
                 f'<td><a href="{_e(u["heatmap"])}">png</a></td></tr>'
             )
         h.append("</tbody></table>")
