@@ -277,3 +277,16 @@ def test_inference_script_is_the_same_command():
         [sys.executable, str(root / "inference" / "evaluate.py"), "--help"], capture_output=True, text=True
     )
     assert p.returncode == 0 and "--gt GT" in p.stdout and "--pair-by" in p.stdout
+
+
+def test_without_pyiqa_l_std_still_works_and_metrics_say_how_to_install(
+    tiny_run, gt_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "pyiqa", None)  # `import pyiqa` now raises ImportError
+    assert cli_main(["stability", str(tiny_run), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert "L-STD ↓" in capsys.readouterr().out
+    assert (
+        cli_main(["evaluate", str(tiny_run), "--gt", str(gt_dir), "--out", str(tmp_path / "b"), "--quiet"])
+        == 2
+    )
+    assert "pip install 'ccsr[metrics]'" in capsys.readouterr().err

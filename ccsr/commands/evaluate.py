@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, command: str, min_samples: int) -> int:
             min_samples=min_samples,
             progress=not args.quiet,
         )
-    except (RunFolderError, MetricUnavailable, ValueError) as e:
+    except (RunFolderError, MetricUnavailable, ValueError, ImportError) as e:
         print(f"ccsr {command}: error: {e}", file=sys.stderr)
         return 2
     summary = json.loads((page.parent / "report.json").read_text(encoding="utf-8"))

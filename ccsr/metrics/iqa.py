@@ -97,6 +97,16 @@ _HF_URL = re.compile(
 _DOWNLOADING = re.compile(r'Downloading:? "(?P<url>[^"]+)" to (?P<path>\S+)')
 
 
+def _require_pyiqa() -> None:
+    try:
+        import pyiqa  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"the metrics need pyiqa, which cannot be imported ({e}): pip install 'ccsr[metrics]' "
+            "(pyiqa is PolyForm Noncommercial). L-STD alone needs no pyiqa: run without --metrics."
+        ) from None
+
+
 def _spec(name: str) -> MetricSpec:
     return PAPER_METRICS.get(name, MetricSpec(name, {}, "pyiqa default"))
 
@@ -124,6 +134,7 @@ class MetricInfo:
 
 def metric_info(name: str) -> MetricInfo:
     """Metadata of one metric (ours or any pyiqa name); raises ValueError for an unknown name."""
+    _require_pyiqa()
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
     spec = _spec(name)
