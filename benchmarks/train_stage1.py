@@ -6,8 +6,8 @@
         --resolution 512 --batch-size 4 --steps 10 --gradient-checkpointing                      # a GPU
     python benchmarks/train_stage1.py --degradation-only --device cuda --resolution 512            # images/s
 
-Step time: median of the loop's own ``time/step_s`` over the steps after the first two (warm-up) and
-before the last (which also writes a checkpoint). Models have random weights (tiny: ccsr.models.tiny,
+Step time: median of the loop's own ``time/step_s`` over the steps after the first two (warm-up),
+leaving out the steps that write a checkpoint (every N/2). Models have random weights (tiny: ccsr.models.tiny,
 full: the SD-2.1-base + CCSR ControlNet architecture), so speed and memory are real, losses are not.
 Data: real photographs (scikit-image) resized to at least the crop size.
 """
@@ -75,16 +75,16 @@ def build(model: str):
     return p.unet, p.controlnet, p.vae, p.text_encoder, p.tokenizer, p.scheduler
 
 
-def train_speed(args) -> dict:
-    from ccsr.config import LoopConfig, OptimizerConfig
-    from ccsr.data.datasets import HQImageDataset
+def make_step(model: str):
+    from accelerate.utils import set_seed
+
     from ccsr.data.degradation import RealESRGANDegradation
-    from ccsr.training.loop import train
     from ccsr.training.stage1 import Stage1Step
     from ccsr.training.stage1_config import Stage1Objective
 
-    unet, controlnet, vae, text, tok, sched = build(args.model)
-    step = Stage1Step(
+    set_seed(0)
+    unet, controlnet, vae, text, tok, sched = build(model)
+    return Stage1Step(
         unet=unet,
         controlnet=controlnet,
         vae=vae,
@@ -94,24 +94,56 @@ def train_speed(args) -> dict:
         objective=Stage1Objective(),
         degrade=RealESRGANDegradation(),
     )
-    root = Path(tempfile.mkdtemp())
-    data = HQImageDataset([write_photos(root / "photos", args.resolution)], args.resolution)
+
+
+def run_loop(args, out: Path, steps: int, resume: str | None = None, step=None):
+    from ccsr.config import LoopConfig, OptimizerConfig
+    from ccsr.data.datasets import HQImageDataset
+    from ccsr.training.loop import train
+
+    step = step or make_step(args.model)
+    data = HQImageDataset([write_photos(out.parent / "photos", args.resolution)], args.resolution)
     loop = LoopConfig(
-        output_dir=str(root / "out"),
-        max_train_steps=args.steps,
+        output_dir=str(out),
+        max_train_steps=steps,
         batch_size=args.batch_size,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
-        checkpointing_steps=10**6,
+        checkpointing_steps=max(1, args.steps // 2),
+        resume_from_checkpoint=resume,
         log_with="none",
         cpu=args.device == "cpu",
     )
+    optim = OptimizerConfig(use_8bit_adam=args.use_8bit_adam)
+    return step, train(step, data, loop, optim, num_workers=args.num_workers)
+
+
+def resume_check(args) -> dict:
+    """N/2 steps, then resume to N, against N steps straight: losses and exported weights."""
+    from safetensors.torch import load_file
+
+    root = Path(tempfile.mkdtemp())
+    _, full = run_loop(args, root / "full", args.steps)
+    _, first = run_loop(args, root / "split", args.steps // 2)
+    _, second = run_loop(args, root / "split", args.steps, resume="latest")
+    a = load_file(str(root / "full" / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(root / "split" / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    return {
+        "losses_straight": [h["loss/controlnet"] for h in full.history],
+        "losses_resumed": [h["loss/controlnet"] for h in first.history + second.history],
+        "max_abs_weight_diff": max(float((a[k] - b[k]).abs().max()) for k in a),
+    }
+
+
+def train_speed(args) -> dict:
+    root = Path(tempfile.mkdtemp())
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    train(step, data, loop, OptimizerConfig(use_8bit_adam=args.use_8bit_adam), num_workers=args.num_workers)
+    step, _ = run_loop(args, root / "out", args.steps)
+    controlnet = step.unwrap("controlnet")
     lines = (root / "out" / "logs" / "metrics.jsonl").read_text().splitlines()
     times = [json.loads(line)["time/step_s"] for line in lines]
-    timed = times[2:-1] or times
+    timed = [t for i, t in enumerate(times, 1) if i > 2 and i % max(1, args.steps // 2)] or times
     out = {
         "model": args.model,
         "trainable_params_M": sum(p.numel() for p in controlnet.parameters()) / 1e6,
@@ -137,13 +169,16 @@ def main() -> None:
     ap.add_argument("--use-8bit-adam", action="store_true")
     ap.add_argument("--degradation-only", action="store_true", help="only measure the degradation")
     ap.add_argument("--degradation-batch", type=int, default=8)
+    ap.add_argument("--resume-check", action="store_true", help="compare N/2 + resume to N against N steps")
     args = ap.parse_args()
     info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     info["args"] = vars(args)
     result = degradation_throughput(args.device, args.resolution, args.degradation_batch, 3)
-    if not args.degradation_only:
+    if args.resume_check:
+        result.update(resume_check(args))
+    elif not args.degradation_only:
         result.update(train_speed(args))
     print(json.dumps({**info, **result}, indent=1))
 

@@ -367,4 +367,10 @@ def train(
         export_dir = swap_ema(lambda: step.export(out))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # accelerate keeps precision and accumulation in process-wide singletons; clear them (not the
+    # distributed state) so a later train() in this process may choose others (notebooks, tests).
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return TrainResult(global_step, history, export_dir)
