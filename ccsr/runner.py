@@ -58,7 +58,11 @@ def run_upscale(cfg: UpscaleConfig) -> int:
     """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted)."""
     wall0 = time.perf_counter()
     started = now_iso()
-    state, device = _init_state(cfg.device)
+    try:
+        state, device = _init_state(cfg.device)
+    except InputError as e:
+        print(f"ccsr upscale: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     rank, world = state.process_index, state.num_processes
     log = RunLog(cfg.quiet, cfg.log_jsonl, rank)
     try:
@@ -279,6 +283,8 @@ def _input_dirs(cfg: UpscaleConfig) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------- devices
 def _init_state(requested: str):
+    """``(accelerate PartialState, torch.device)``: under ``accelerate launch`` each process gets its own
+    GPU (or, on CPU, a gloo process group); alone, ``auto`` picks CUDA, then MPS, then CPU."""
     import torch
     from accelerate import PartialState
 
@@ -288,11 +294,16 @@ def _init_state(requested: str):
         if device.type == "cpu" and state.num_processes == 1 and torch.backends.mps.is_available():
             device = torch.device("mps")
     else:
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError as e:
+            raise InputError(
+                f"--device {requested!r} is not a device torch knows ({e}); try cpu, cuda, cuda:1, mps"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(
-                "ccsr upscale: error: --device cuda but torch sees no CUDA device (use --device cpu)"
-            )
+            raise InputError(f"--device {requested} but torch sees no CUDA device here; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise InputError(f"--device {requested} but MPS is not available here; use --device cpu")
         state = PartialState(cpu=device.type != "cuda")
         if device.type == "cuda" and device.index is None:
             device = state.device
