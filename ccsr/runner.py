@@ -150,7 +150,7 @@ def run_upscale(cfg: UpscaleConfig) -> int:
             **base["timings"],
             "done": total.images_done,
             "skipped": skipped_images,
-            "failed": len(total.failures),
+            "failed": len({f.input for f in total.failures}),
         }
         log.event("summary", **log_summary)
         if not cfg.quiet:

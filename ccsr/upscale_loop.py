@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from ccsr.discovery import InputFile
 from ccsr.io import (
@@ -67,18 +71,20 @@ class Loaded:
     """A decoded input, made ready in a reader thread."""
 
     image: ImageData
-    model_input: object  # PIL RGB image
-    alpha: object  # upscaled alpha plane or None
+    model_input: Image.Image  # 8-bit RGB, what the pipeline sees
+    alpha: np.ndarray | None  # alpha upscaled to the output size
+    input_stat: os.stat_result  # taken before reading: the manifest records what was read
 
 
 def _read(job: Job, cfg: UpscaleConfig) -> Loaded | str:
     """Runs in a reader thread: decode, build the model input, upscale alpha. A str is a failure reason."""
     try:
+        st = job.file.path.stat()
         img = read_image(job.file.path, cfg.max_pixels)
         alpha = None
         if img.alpha is not None:
             alpha = resize_alpha(img.alpha, (img.size[0] * cfg.scale, img.size[1] * cfg.scale))
-        return Loaded(img, img.model_input(), alpha)
+        return Loaded(img, img.model_input(), alpha, st)
     except ImageReadError as e:
         return str(e)
     except MemoryError:
@@ -110,6 +116,10 @@ def _prefetch(
 
 
 def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tally) -> None:
+    """Upscale every job of ``shard`` with ``pipe`` (a loaded ``CCSRPipeline``), adding to ``tally``.
+
+    Ctrl-C / SIGTERM stop it cleanly: outputs already computed are still written, nothing half-done is left.
+    """
     readers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-read") if cfg.workers else None
     writers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-write") if cfg.workers else None
     slots = threading.BoundedSemaphore(max(2, 2 * cfg.workers))  # finished images waiting to be written
@@ -185,7 +195,9 @@ def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
     log.failure(f)
 
 
-def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig):
+def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.ndarray, dict]:
+    """One (image, sample) through the pipeline: ``(3, H, W)`` float32 in ``[0, 1]`` at the output size,
+    plus what the manifest records about how it was made."""
     import torch
 
     from ccsr.image import plan_resize
@@ -216,7 +228,7 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig):
 
     try:
         out = call(latent_tiles, vae_tiles)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         if latent_tiles and vae_tiles:
             raise
         # Out of GPU memory untiled: the same image tiled needs memory for one tile only.
@@ -229,7 +241,15 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig):
 
 
 def _finish_write(
-    job: Job, task: Task, loaded: Loaded, sr, info: dict, cfg, tally: Tally, log: RunLog, lock
+    job: Job,
+    task: Task,
+    loaded: Loaded,
+    sr: np.ndarray,
+    info: dict,
+    cfg: UpscaleConfig,
+    tally: Tally,
+    log: RunLog,
+    lock: threading.Lock,
 ) -> None:
     """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
     img = loaded.image
@@ -239,7 +259,7 @@ def _finish_write(
         data, notes = encode_image(
             pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
         )
-        st_in = job.file.path.stat()
+        st_in = loaded.input_stat
         entry = {
             "input": job.file.rel,
             "source": str(job.file.path),
@@ -257,7 +277,7 @@ def _finish_write(
         }
 
         def record(st) -> None:
-            if out.exists():  # only reachable with --overwrite: see ccsr.manifest on the ordering
+            if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
                 out.unlink()
             task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
 
