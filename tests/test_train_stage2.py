@@ -233,6 +233,11 @@ def test_exported_vae_loads_into_the_pipeline_and_changes_its_output(full_run, a
     base, new = run(tiny_pipe), run(tuned)
     assert base.shape == new.shape == (1, 3, 64, 96)
     assert (base - new).abs().mean() > 1e-3
+    # The input VAE is never overwritten (model.vae is assets["model"]/vae).
+    before = (assets["model"] / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="would overwrite the VAE this run started from"):
+        full_run["step"].export(assets["model"])
+    assert (assets["model"] / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
 def test_validation_images_are_written_deterministic_and_in_range(full_run, assets):
@@ -397,3 +402,74 @@ def test_thin_script_reads_the_config_strictly(tmp_path):
         bad.returncode == 2
         and "discriminator.cmapdim: unknown key (did you mean discriminator.cmap_dim?)" in bad.stderr
     )
+
+
+RANK_REPORT = """
+import json, os, sys
+from ccsr.config import load_config
+from ccsr.data.datasets import HQImageDataset
+from ccsr.training.loop import train
+from ccsr.training.stage2 import Stage2Config, Stage2Step
+
+cfg = load_config(Stage2Config, sys.argv[1], sys.argv[3:])
+step = Stage2Step(cfg)
+train(step, HQImageDataset(cfg.data.train, cfg.data.resolution, seed=0), cfg.train, cfg.optimizer)
+report = {
+    "wrapped": [type(step.decoder).__name__, type(step.discriminator).__name__],
+    "decoder": [p.double().sum().item() for p in step.vae.decoder.parameters()],
+    "heads": [p.double().sum().item() for p in step.unwrap("discriminator").heads.parameters()],
+}
+with open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(report, f)
+"""
+
+
+def test_two_processes_train_in_sync_under_ddp(assets, tmp_path):
+    """Decoder and heads are DDP-wrapped; the generator's GAN pass goes through the bare discriminator.
+    Two CPU processes (gloo) must finish without reducer errors and hold identical weights."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    for i, gt in enumerate(Photos(4, size=64).gt):
+        Image.fromarray((gt.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(hq / f"{i}.png")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "rank_report.py"
+    script.write_text(RANK_REPORT)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(script),
+    ]
+    cmd += [str(CONFIG), str(tmp_path)]
+    cmd += overrides(
+        assets,
+        tmp_path / "run",
+        f"data.train=[{hq}]",
+        "train.batch_size=1",
+        "train.max_train_steps=2",
+        "objective.begin_disc=0",
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, cwd=CONFIG.parents[2])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["wrapped"] == ["DistributedDataParallel", "DistributedDataParallel"]
+    assert r0["decoder"] == r1["decoder"] and r0["heads"] == r1["heads"]
+    history = [
+        json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [("loss/g_adv" in h) for h in history] == [False, True]

@@ -167,7 +167,7 @@ class Stage2Step(TrainStep):
             self.lpips = build_lpips(cfg.lpips.net, cfg.lpips.backbone_weights)
         c = load_components(m.pretrained, m.base, m.controlnet, m.vae)
         self.unet, self.stage1_controlnet, self.scheduler = c.unet, c.controlnet, c.scheduler
-        self.vae = c.vae
+        self.vae, self.vae_source = c.vae, Path(c.paths.vae)
         self.scheduler.set_timesteps(s.num_inference_steps)
         self.schedule = make_schedule(
             [int(t) for t in self.scheduler.timesteps], s.t_max, s.t_min, s.start_timestep
@@ -325,10 +325,9 @@ class Stage2Step(TrainStep):
         with ``CCSRPipeline.from_pretrained(model, vae=output_dir)``. Written beside and renamed into place."""
         out = Path(output_dir)
         final, tmp = out / "vae", out / ".vae.tmp"
-        src = self.cfg.model.vae
-        if src is not None and Path(src).resolve() in (final.resolve(), out.resolve()):
+        if final.resolve() == self.vae_source.resolve():
             raise ValueError(
-                f"export to {final} would overwrite the input VAE model.vae={src}; choose another train.output_dir"
+                f"export to {final} would overwrite the VAE this run started from; choose another train.output_dir"
             )
         shutil.rmtree(tmp, ignore_errors=True)
         self.vae.save_pretrained(tmp, safe_serialization=True)
