@@ -399,7 +399,8 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_outputs(tmp_path, ca
     proc.kill()  # SIGKILL: no handler runs
     proc.wait()
     done_at_kill = [p for p in out.glob("img*.png")]
-    assert 1 <= len(done_at_kill) < 6
+    # (the first output may still be waiting for its rename: its manifest line is written first)
+    assert len(done_at_kill) < 6, "the run finished before it could be killed"
     for p in done_at_kill:  # whatever carries an output name is a complete image
         Image.open(p).load()
     rc, stdout, _ = run(capsys, src, out, *common)
