@@ -363,10 +363,20 @@ def _report(cfg: UpscaleConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURES
+    from ccsr.metrics.iqa import MetricUnavailable
+
     kwargs = {} if cfg.report_metrics is None else {"metrics": tuple(cfg.report_metrics)}
-    path = write_report(
-        Path(cfg.output), gt_dir=None if cfg.report_gt is None else Path(cfg.report_gt), **kwargs
-    )
+    try:
+        path = write_report(
+            Path(cfg.output), gt_dir=None if cfg.report_gt is None else Path(cfg.report_gt), **kwargs
+        )
+    except (ValueError, MetricUnavailable, ImportError) as e:  # RunFolderError is a ValueError
+        print(
+            f"ccsr upscale: error: the report could not be written: {e}. The upscaled images are complete in "
+            f"{cfg.output}; fix the cause and run `ccsr evaluate {cfg.output}`.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURES
     if not cfg.quiet:
         print(f"  report: {path}")
     return EXIT_OK
