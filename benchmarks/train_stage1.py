@@ -6,8 +6,8 @@
         --resolution 512 --batch-size 4 --steps 10 --gradient-checkpointing                      # a GPU
     python benchmarks/train_stage1.py --degradation-only --device cuda --resolution 512            # images/s
 
-Step time: median of the loop's own ``time/step_s`` over the steps after the first two (warm-up),
-leaving out the steps that write a checkpoint (every N/2). Models have random weights (tiny: ccsr.models.tiny,
+Step time: median of the loop's own ``time/step_s`` over the steps after ``--warmup`` (2), leaving
+out the steps that write a checkpoint (every N/2, and the last). Models have random weights (tiny: ccsr.models.tiny,
 full: the SD-2.1-base + CCSR ControlNet architecture), so speed and memory are real, losses are not.
 Data: real photographs (scikit-image) resized to at least the crop size.
 """
@@ -143,7 +143,8 @@ def train_speed(args) -> dict:
     controlnet = step.unwrap("controlnet")
     lines = (root / "out" / "logs" / "metrics.jsonl").read_text().splitlines()
     times = [json.loads(line)["time/step_s"] for line in lines]
-    timed = [t for i, t in enumerate(times, 1) if i > 2 and i % max(1, args.steps // 2)] or times
+    every = max(1, args.steps // 2)  # checkpoint interval of run_loop
+    timed = [t for i, t in enumerate(times, 1) if i > args.warmup and i % every and i != len(times)] or times
     out = {
         "model": args.model,
         "trainable_params_M": sum(p.numel() for p in controlnet.parameters()) / 1e6,
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--use-8bit-adam", action="store_true")
     ap.add_argument("--degradation-only", action="store_true", help="only measure the degradation")

@@ -183,11 +183,16 @@ def train(
     ``output_dir/config.yaml`` and logged as hyper-parameters.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
     out = Path(cfg.output_dir)
     resume = resolve_resume(out, cfg.resume_from_checkpoint)  # before any work: fail fast
+    # accelerate keeps precision and accumulation in process-wide singletons that refuse new values;
+    # this run owns them (the distributed state stays), so one process may train twice (notebooks, tests).
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         # Accumulation runs across epoch ends, so step N always means N * accumulation micro-batches.
@@ -367,10 +372,4 @@ def train(
         export_dir = swap_ema(lambda: step.export(out))
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    # accelerate keeps precision and accumulation in process-wide singletons; clear them (not the
-    # distributed state) so a later train() in this process may choose others (notebooks, tests).
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
     return TrainResult(global_step, history, export_dir)
