@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,8 @@ from ccsr.config import ConfigError, LoopConfig, config_to_dict, load_config, pa
 from ccsr.data.degradation_config import DegradationConfig
 from ccsr.training.stage1_config import Stage1Config
 
-STAGE1_YAML = "configs/train/stage1.yaml"
+REPO = Path(__file__).resolve().parents[1]
+STAGE1_YAML = str(REPO / "configs/train/stage1.yaml")
 REQUIRED = ["train.output_dir=out"]
 
 
@@ -130,3 +132,19 @@ def test_cli_reports_config_errors_before_loading_anything(capsys):
     assert main(["train", "stage1", "--print-config", "--resume", "latest", "--set", "train.seed=3"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["resume_from_checkpoint"] == "latest" and printed["train"]["seed"] == 3
+
+
+def test_thin_train_script_uses_the_same_parser():
+    out = subprocess.run(
+        [sys.executable, "train/stage1.py", "--print-config", "--set", "train.seed=5", "--resume", "latest"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    printed = yaml.safe_load(out)
+    assert printed["train"]["seed"] == 5 and printed["train"]["resume_from_checkpoint"] == "latest"
+    bad = subprocess.run(
+        [sys.executable, "train/stage1.py", "--set", "model.vea=x"], capture_output=True, text=True, cwd=REPO
+    )
+    assert bad.returncode == 2 and "model.vea: unknown key (did you mean model.vae?)" in bad.stderr

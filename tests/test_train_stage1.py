@@ -361,8 +361,14 @@ def test_accumulation_and_bf16_autocast(tiny_model_dir, photos, tmp_path):
     result = run(cfg)
     assert [h["step"] for h in result.history] == [1, 1, 2, 2]  # two micro-batches per update
     assert all(math.isfinite(h["loss/controlnet"]) for h in result.history)
-    metrics = (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 2
+    metrics = [
+        json.loads(line) for line in (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m, pair in zip(
+        metrics, (result.history[:2], result.history[2:])
+    ):  # logged: mean of the micro-batches
+        assert m["loss/controlnet"] == pytest.approx(sum(h["loss/controlnet"] for h in pair) / 2)
     exported = _safetensors(result.export_dir)
     assert all(t.dtype == torch.float32 for t in exported.values())  # fp32 master weights are exported
 

@@ -279,6 +279,7 @@ def train(
     accum = cfg.gradient_accumulation_steps
     epoch, skip = divmod(global_step * accum, len(loader))
     history: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []  # micro-batches of the update in progress
     metrics_file = out / "logs" / "metrics.jsonl"
 
     def swap_ema(fn):
@@ -339,13 +340,16 @@ def train(
             }
             record.update(result.logs)
             history.append(record)
+            window.append(record)
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
             progress.global_step = global_step
             for k, ema in emas.items():
                 ema.step(groups[k])
-            logs = dict(record)
+            # Logged values are means over the update's micro-batches (this process's).
+            logs = {k: sum(r[k] for r in window) / len(window) for k in record if k != "step"}
+            logs["step"], window = global_step, []
             logs.update({f"lr/{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
             now = time.perf_counter()
             logs["time/step_s"], tick = now - tick, now  # wall time per update, checkpoints included
