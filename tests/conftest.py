@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread: the tiny models gain nothing from more, and the suite's subprocesses
+# (accelerate ranks, CLI runs) would otherwise oversubscribe a 2-core machine badly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
