@@ -10,12 +10,18 @@ import argparse
 import importlib
 import sys
 
-HELP = "train a CCSR stage (stage1: the ControlNet, stage2: the VAE decoder) from a yaml config; --set overrides any key"
+HELP = (
+    "train a CCSR stage (stage1: the ControlNet, stage2: the VAE decoder; autoencoder / base: from scratch; "
+    "tiny-recipe: all of ccsr-tiny) from a yaml config; --set overrides any key"
+)
 
 #: stage -> (config dataclass, function run(config)), both as "module:attribute", imported on use so
 #: that a bad config is reported before torch loads. Add a stage with one line here.
 STAGES: dict[str, tuple[str, str]] = {
     "stage1": ("ccsr.training.stage1_config:Stage1Config", "ccsr.training.stage1:run"),
+    "autoencoder": ("ccsr.training.scratch_config:AutoencoderConfig", "ccsr.training.autoencoder:run"),
+    "base": ("ccsr.training.scratch_config:BaseConfig", "ccsr.training.base:run"),
+    "tiny-recipe": ("ccsr.training.scratch_config:RecipeConfig", "ccsr.training.tiny_recipe:run"),
     "stage2": ("ccsr.training.stage2_config:Stage2Config", "ccsr.training.stage2:run"),
 }
 
@@ -23,6 +29,9 @@ STAGES: dict[str, tuple[str, str]] = {
 DEFAULT_CONFIGS: dict[str, str] = {
     "stage1": "configs/train/stage1.yaml",
     "stage2": "configs/train/stage2.yaml",
+    "autoencoder": "configs/tiny/autoencoder.yaml",
+    "base": "configs/tiny/base.yaml",
+    "tiny-recipe": "configs/tiny/recipe.yaml",
 }
 
 

@@ -41,6 +41,14 @@ class TinySpec:
     latent_channels: int = 4
     norm_groups: int = 4
     max_length: int = 16
+    # Added for ccsr-tiny (configs/tiny/arch.yaml); the defaults keep the unit-test model unchanged.
+    # Per UNet level: a cross-attention block or a plain one; None: SD's pattern (all but the last).
+    unet_attention: tuple[bool, ...] | None = None
+    vae_layers: int = 1  # resnets per VAE level (the decoder has one more, as in diffusers)
+    vae_norm_groups: int | None = None  # None: norm_groups
+    vae_mid_attention: bool = True  # self-attention in the VAE's lowest level (SD has it)
+    text_heads: int = 2
+    scaling_factor: float = 0.18215  # SD's; a trained VAE stores 1 / std of its latents
 
 
 def _byte_symbols() -> list[str]:
@@ -90,14 +98,17 @@ def build_tiny_components(
 
     torch.manual_seed(seed)
     n = len(spec.unet_channels)
+    attn = spec.unet_attention if spec.unet_attention is not None else (True,) * (n - 1) + (False,)
+    if len(attn) != n:
+        raise ValueError(f"unet_attention has {len(attn)} entries for {n} unet_channels levels")
     unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=spec.latent_channels,
         out_channels=spec.latent_channels,
         block_out_channels=spec.unet_channels,
         layers_per_block=spec.unet_layers,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         cross_attention_dim=spec.text_dim,
         attention_head_dim=spec.head_dim,
         norm_num_groups=spec.norm_groups,
@@ -112,17 +123,18 @@ def build_tiny_components(
         down_block_types=("DownEncoderBlock2D",) * m,
         up_block_types=("UpDecoderBlock2D",) * m,
         latent_channels=spec.latent_channels,
-        norm_num_groups=spec.norm_groups,
-        layers_per_block=1,
+        norm_num_groups=spec.vae_norm_groups or spec.norm_groups,
+        layers_per_block=spec.vae_layers,
         sample_size=64,
-        scaling_factor=0.18215,
+        scaling_factor=spec.scaling_factor,
+        mid_block_add_attention=spec.vae_mid_attention,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=spec.text_dim,
             intermediate_size=spec.text_dim * 2,
             num_hidden_layers=spec.text_layers,
-            num_attention_heads=2,
+            num_attention_heads=spec.text_heads,
             vocab_size=514,
             max_position_embeddings=spec.max_length,
             bos_token_id=512,

@@ -1,0 +1,190 @@
+"""ccsr-tiny's quality on its two held-out sets: PSNR / SSIM / PIQE, G-STD and L-STD over seeds, a figure.
+
+    python benchmarks/tiny_quality.py                        # shipped model, 10 seeds, 1 / 2 / 4 steps
+    python benchmarks/tiny_quality.py --model runs/ccsr-tiny/ccsr-tiny --seeds 3 --out runs/tq
+
+Held-out sets (``ccsr.data.tiny_data``; rebuilt under ``--out`` unless ``--data`` names them): 7 GT crops
+of 256x256 from scikit-image's chelsea / coffee / camera (never seen in training), with x4 LR made
+by PIL bicubic (``lr_bicubic``) or by the Real-ESRGAN degradation under a fixed seed
+(``lr_realesrgan``). Every output is upscaled exactly x4 (``process_size=256``), pipeline defaults
+otherwise (``ccsr upscale --steps k``: AdaIN colour fix, the step presets of ccsr.schedule).
+
+Metrics (pyiqa via ``ccsr.metrics``, the paper's protocol): PSNR and SSIM on the Y channel after a 4-px
+border crop; PIQE (no-reference, hand-crafted: no weights to download, lower is better) on the same
+crop. ccsr-tiny's numbers are means over ``--seeds`` seeds x images; G-STD = mean over images of the
+std over seeds of a metric; L-STD = mean over images of the per-pixel std over seeds (spec §5.2-5.3).
+Writes ``results.json``, ``results.md`` and ``figure.png`` (LR / bicubic / 1-step / 2-step / GT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+METRICS = ("psnr", "ssim", "piqe")
+CROP = 4
+
+
+def load_set(data: Path, name: str) -> tuple[list[str], list[Image.Image], torch.Tensor]:
+    """Sorted names, LR PIL images, GT ``(N, 3, H, W)`` in [0, 1]."""
+    names = sorted(p.stem for p in (data / "gt").glob("*.png"))
+    if not names:
+        raise FileNotFoundError(
+            f"no GT images in {data / 'gt'}; build the sets with ccsr.data.tiny_data.write_eval_sets"
+        )
+    lrs = [Image.open(data / name / f"{n}.png").convert("RGB") for n in names]
+    gts = torch.stack(
+        [
+            torch.from_numpy(np.asarray(Image.open(data / "gt" / f"{n}.png").convert("RGB")).copy())
+            for n in names
+        ]
+    )
+    return names, lrs, gts.permute(0, 3, 1, 2).float() / 255.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit image a user gets (what files hold), back in [0, 1]."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def score(metrics: dict, sr: torch.Tensor, gt: torch.Tensor) -> dict[str, np.ndarray]:
+    from ccsr.metrics.stability import crop_border
+
+    a, b = crop_border(sr, CROP), crop_border(gt, CROP)
+    out = {}
+    for name, m in metrics.items():
+        out[name] = m.score(a, b if m.info.mode == "FR" else None).numpy()
+    return out
+
+
+def upscale(pipe, lrs: list[Image.Image], steps: int, seed: int, size: int, device: str) -> torch.Tensor:
+    gens = [torch.Generator(device).manual_seed(seed) for _ in lrs]
+    out = pipe(lrs, steps=steps, upscale=4, process_size=size, generator=gens, output_type="pt").images
+    return to_uint8(out.float().cpu())
+
+
+def figure(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], path: Path) -> None:
+    """A grid of ``(label, [image per column])`` rows; the LR column is shown with nearest-neighbour x4."""
+    tile = rows[0][1][-1].shape[-1]
+    pad, head = 4, 18
+    w = len(columns) * (tile + pad) + 150
+    h = head + len(rows) * (tile + pad)
+    canvas = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, c in enumerate(columns):
+        draw.text((150 + j * (tile + pad) + 4, 3), c, fill="black")
+    for i, (label, images) in enumerate(rows):
+        y = head + i * (tile + pad)
+        draw.text((4, y + tile // 2), label, fill="black")
+        for j, im in enumerate(images):
+            arr = (im.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            pil = Image.fromarray(arr)
+            if pil.size[0] != tile:
+                pil = pil.resize((tile, tile), Image.NEAREST)
+            canvas.paste(pil, (150 + j * (tile + pad), y))
+    canvas.save(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped ccsr-tiny)")
+    parser.add_argument(
+        "--data", default=None, help="folder with gt/ lr_bicubic/ lr_realesrgan/ (default: rebuilt)"
+    )
+    parser.add_argument("--out", default="runs/tiny_quality")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    from ccsr.data.tiny_data import EVAL_SETS, write_eval_sets
+    from ccsr.metrics.iqa import load_metric
+    from ccsr.metrics.stability import g_std, l_std
+    from ccsr.pipeline import CCSRPipeline
+    from ccsr.upscale_config import TINY_MODEL_DIR
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else write_eval_sets(out / "eval")
+    model = args.model or str(TINY_MODEL_DIR)
+    pipe = CCSRPipeline.from_pretrained(model).to(args.device)
+    metrics = {m: load_metric(m, device=args.device) for m in METRICS}
+    results: dict = {"model": model, "seeds": args.seeds, "steps": args.steps, "sets": {}}
+    fig_rows = []
+    start = time.perf_counter()
+    for set_name in EVAL_SETS:
+        names, lrs, gt = load_set(data, set_name)
+        size = gt.shape[-1]
+        rows = {}
+        bic = to_uint8(
+            torch.stack(
+                [torch.from_numpy(np.asarray(im.resize((size, size), Image.BICUBIC)).copy()) for im in lrs]
+            )
+            .permute(0, 3, 1, 2)
+            .float()
+            / 255
+        )
+        s = score(metrics, bic, gt)
+        rows["bicubic"] = {m: float(v.mean()) for m, v in s.items()}
+        firsts = {}
+        for k in args.steps:
+            samples = [upscale(pipe, lrs, k, seed, size, args.device) for seed in range(args.seeds)]
+            firsts[k] = samples[0]
+            per = [score(metrics, x, gt) for x in samples]
+            row = {}
+            for m in METRICS:
+                mat = np.stack([p[m] for p in per])  # (seeds, images)
+                row[m] = float(mat.mean())
+                row[f"{m}_gstd"] = float(g_std(torch.from_numpy(mat)))
+            stack = torch.stack(samples)  # (seeds, images, 3, H, W)
+            row["lstd"] = float(np.mean([float(l_std(stack[:, i])) for i in range(len(names))]))
+            rows[f"{k}-step"] = row
+            print(f"{set_name} {k}-step: " + ", ".join(f"{m} {v:.4f}" for m, v in row.items()), flush=True)
+        print(
+            f"{set_name} bicubic: " + ", ".join(f"{m} {v:.4f}" for m, v in rows["bicubic"].items()),
+            flush=True,
+        )
+        results["sets"][set_name] = rows
+        for i in (0, len(names) - 1):  # one camera crop, one coffee crop
+            cols = [Image.open(data / set_name / f"{names[i]}.png")]
+            lr_t = torch.from_numpy(np.asarray(cols[0].convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+            two = firsts.get(2, firsts[args.steps[-1]])
+            fig_rows.append(
+                (f"{names[i]}\n{set_name}", [lr_t, bic[i], firsts[args.steps[0]][i], two[i], gt[i]])
+            )
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    figure(
+        fig_rows, ["LR (x4 nearest)", "bicubic", f"{args.steps[0]}-step", "2-step", "GT"], out / "figure.png"
+    )
+    print(markdown(results))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
+    return 0
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| set | method | PSNR (dB) | SSIM | PIQE (lower better) | G-STD PSNR | G-STD SSIM | G-STD PIQE | L-STD |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for set_name, rows in results["sets"].items():
+        for method, r in rows.items():
+            g = [f"{r[f'{m}_gstd']:.4f}" if f"{m}_gstd" in r else "-" for m in METRICS]
+            lstd = f"{r['lstd']:.4f}" if "lstd" in r else "-"
+            lines.append(
+                f"| {set_name} | {method} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['piqe']:.2f} | {' | '.join(g)} | {lstd} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

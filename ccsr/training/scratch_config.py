@@ -1,0 +1,150 @@
+"""Configs of the from-scratch stages (``ccsr train autoencoder`` / ``ccsr train base``) and of the
+ccsr-tiny recipe (``ccsr train tiny-recipe``), as strict dataclasses for :func:`ccsr.config.load_config`.
+
+The architecture is not repeated here: ``model.arch`` names a yaml of :class:`ccsr.models.tiny.TinySpec`
+fields (``configs/tiny/arch.yaml``), the one place the sizes of every component live. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ccsr.config import ConfigError, LoopConfig, OptimizerConfig
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ImageDataConfig:
+    """High-quality training images: random ``resolution`` crops and flips, nothing degraded."""
+
+    train: tuple[str, ...]  # image folders and/or list files (one path per line; repeats allowed)
+    resolution: int = 256  # crop side in pixels; a multiple of the VAE's downsampling factor
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(len(self.train) > 0, "train: give at least one image folder or list file")
+        _check(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            f"resolution={self.resolution} must be a positive multiple of 8",
+        )
+        _check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScratchModelConfig:
+    """What to build: ``arch`` (a TinySpec yaml) with seed ``init_seed``, or continue from ``init``."""
+
+    arch: str  # yaml of ccsr.models.tiny.TinySpec fields, e.g. configs/tiny/arch.yaml
+    init_seed: int = 0  # seed of the random initialisation (same weights on every process and restart)
+    init: str | None = None  # autoencoder: a vae/ folder; base: a base-model folder with unet/. null: random
+    vae: str | None = None  # base only: the trained autoencoder's vae/ folder (required there)
+
+
+@dataclass(frozen=True)
+class AutoencoderObjective:
+    """``L = rec(x_hat, x) + kl_weight * KL(q(z|x) || N(0, I))``, both means over elements.
+
+    No perceptual term: LPIPS needs ImageNet weights that an offline machine lacks, and PSNR is what
+    ccsr-tiny is measured on. The KL weight only keeps the latent bounded (SD uses a tiny one too);
+    the latent's scale is then fixed by ``vae.config.scaling_factor = 1 / std(z)``, measured at export.
+    """
+
+    reconstruction: Literal["l1", "l2"] = "l1"
+    kl_weight: float = 1e-6
+    calibration_crops: int = 32  # training crops (fixed, seeded) over which std(z) is measured at export
+
+    def __post_init__(self) -> None:
+        _check(self.kl_weight >= 0, f"kl_weight={self.kl_weight} must be >= 0")
+        _check(self.calibration_crops >= 1, f"calibration_crops={self.calibration_crops} must be >= 1")
+
+
+@dataclass(frozen=True)
+class BaseObjective:
+    """Epsilon-MSE on ``t ~ U{0, ..., 999}`` of the SD-2.1 DDPM schedule, text = one of ``prompts``.
+
+    The reference's prior (SD-2.1) is text-conditioned; CCSR trains and runs it with fixed prompts.
+    Drawing the prompt per sample from the few CCSR uses (empty caption, the inference prompt and the
+    negative prompt) teaches the UNet that they all mean "a photograph", so inference prompts are
+    never out of distribution.
+    """
+
+    prompts: tuple[str, ...] = ("",)
+    validation_steps: int = 25  # DDPM steps of the unconditional samples drawn at validation
+
+    def __post_init__(self) -> None:
+        _check(len(self.prompts) >= 1, "prompts: give at least one (the empty caption is '')")
+        _check(self.validation_steps >= 1, f"validation_steps={self.validation_steps} must be >= 1")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """``configs/tiny/autoencoder.yaml``: train an AutoencoderKL from scratch on images."""
+
+    model: ScratchModelConfig
+    data: ImageDataConfig
+    train: LoopConfig
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=2e-4))
+    objective: AutoencoderObjective = field(default_factory=AutoencoderObjective)
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """``configs/tiny/base.yaml``: train the latent-diffusion UNet (the prior SD-2.1 is for CCSR)."""
+
+    model: ScratchModelConfig
+    data: ImageDataConfig
+    train: LoopConfig
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=2e-4))
+    objective: BaseObjective = field(default_factory=BaseObjective)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.model.vae is not None,
+            "model.vae: the base UNet trains on a trained autoencoder's latents; give its vae/ folder",
+        )
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+RECIPE_STAGES = ("autoencoder", "base", "stage1", "stage2")
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """The config file of every stage; the recipe fills in data and model paths between them."""
+
+    autoencoder: str = "configs/tiny/autoencoder.yaml"
+    base: str = "configs/tiny/base.yaml"
+    stage1: str = "configs/tiny/stage1.yaml"
+    stage2: str = "configs/tiny/stage2.yaml"
+
+
+@dataclass(frozen=True)
+class StageOverrides:
+    """Extra ``key=value`` overrides per stage; ``all`` goes to every stage first (e.g. a smoke run:
+    ``--set "overrides.all=[train.max_train_steps=2]"``)."""
+
+    all: tuple[str, ...] = ()
+    autoencoder: tuple[str, ...] = ()
+    base: tuple[str, ...] = ()
+    stage1: tuple[str, ...] = ()
+    stage2: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """``configs/tiny/recipe.yaml``: data -> autoencoder -> base UNet -> stage 1 -> stage 2 -> export."""
+
+    output_dir: str = "runs/ccsr-tiny"  # one sub-folder per stage, data/ and the release
+    release_dir: str | None = None  # where the single-folder model goes; null: output_dir/ccsr-tiny
+    stages: StageFiles = field(default_factory=StageFiles)
+    overrides: StageOverrides = field(default_factory=StageOverrides)
+    train_min_side: int = 128  # training copies smaller than this are not written (= the crop side)
+    redo: bool = False  # false: a stage whose export exists is skipped, so a stopped recipe continues
+
+    def __post_init__(self) -> None:
+        _check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")

@@ -1,0 +1,140 @@
+"""The ccsr-tiny recipe (``ccsr train tiny-recipe``): every stage of CCSR from scratch, one command.
+
+    data (scikit-image photographs) -> autoencoder -> base UNet -> stage 1 (ControlNet)
+        -> stage 2 (VAE decoder, GAN) -> export (single-folder release layout)
+
+Each stage is the ordinary ``ccsr train <stage>`` run on its own config (``configs/tiny/*.yaml``); the
+recipe only fills in the paths that link them (data, the previous stage's export). A stage whose
+export already exists is skipped (``redo: false``), so a recipe stopped half-way continues where it
+stopped; its own checkpoints resume with ``--set "overrides.all=[train.resume_from_checkpoint=latest]"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ccsr.config import load_config
+from ccsr.training.loop import TrainResult
+from ccsr.training.scratch_config import RECIPE_STAGES, RecipeConfig
+
+Config = RecipeConfig  # what `ccsr train tiny-recipe` loads
+logger = logging.getLogger(__name__)
+
+#: The export of each stage, relative to its output folder: present = the stage is done.
+EXPORTS = {"autoencoder": "vae", "base": "model", "stage1": "controlnet", "stage2": "vae"}
+
+
+def _stage(name: str):
+    """``(config class, run function)`` of a stage, from ``ccsr train``'s registry."""
+    from ccsr.commands.train import STAGES, _resolve
+
+    if name not in STAGES:
+        raise KeyError(f"stage {name!r} is not registered in ccsr.commands.train.STAGES ({sorted(STAGES)})")
+    config_cls, run_spec = STAGES[name]
+    return _resolve(config_cls), _resolve(run_spec)
+
+
+def stage_overrides(
+    cfg: RecipeConfig, root: Path, data: Path, backbones: tuple[Path, Path]
+) -> dict[str, list[str]]:
+    """The ``key=value`` list of every stage: linking paths first, then the user's overrides."""
+    listing, evals = data / "train" / "train.txt", data / "eval"
+    val = [f"data.val_lr={evals / 'lr_realesrgan'}", f"data.val_hr={evals / 'gt'}"]
+    base_model = root / "base" / EXPORTS["base"]
+    links = {
+        "autoencoder": [f"data.train=[{listing}]"],
+        "base": [f"data.train=[{listing}]", f"model.vae={root / 'autoencoder' / EXPORTS['autoencoder']}"],
+        "stage1": [f"data.train=[{listing}]", f"model.pretrained={base_model}", *val],
+        "stage2": [
+            f"data.train=[{listing}]",
+            f"model.pretrained={base_model}",
+            f"model.controlnet={root / 'stage1' / EXPORTS['stage1']}",
+            f"discriminator.feature_network={backbones[0]}",
+            f"discriminator.condition_network={backbones[1]}",
+            *val,
+        ],
+    }
+    user = cfg.overrides
+    return {
+        name: [f"train.output_dir={root / name}", *links[name], *user.all, *getattr(user, name)]
+        for name in RECIPE_STAGES
+    }
+
+
+def export_release(root: Path, release: Path) -> Path:
+    """Assemble base model + stage-1 ControlNet + stage-2 VAE into one folder (``layout="single"``),
+    written beside ``release`` and renamed into place; every component reloads strictly first."""
+    from ccsr.models.loading import load_components
+    from ccsr.models.tiny import save_release_layout
+
+    parts = load_components(
+        root / "base" / EXPORTS["base"],
+        controlnet=root / "stage1" / EXPORTS["stage1"],
+        vae=root / "stage2" / EXPORTS["stage2"],
+    )
+    tmp = release.with_name(f".{release.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    comps = (parts.unet, parts.controlnet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler)
+    save_release_layout(comps, tmp, layout="single")
+    if release.exists():
+        old = release.with_name(f".{release.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(release, old)
+        os.replace(tmp, release)
+        shutil.rmtree(old)
+    else:
+        release.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, release)
+    return release
+
+
+def run(cfg: RecipeConfig) -> TrainResult:
+    """Run every stage not yet done, then export; returns the total optimizer steps of this run."""
+    from ccsr.config import save_config
+    from ccsr.data.tiny_data import write_eval_sets, write_training_set
+    from ccsr.models.discriminator import save_tiny_backbones
+
+    root = Path(cfg.output_dir)
+    data = root / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "recipe.yaml")
+    write_training_set(data / "train", cfg.train_min_side)
+    if cfg.redo or not (data / "eval" / "manifest.json").is_file():
+        write_eval_sets(data / "eval")
+    # No pretrained DINO offline: the stage-2 discriminator runs on random miniature backbones (seeded).
+    backbones = save_tiny_backbones(root / "backbones", seed=0)
+    overrides = stage_overrides(cfg, root, data, backbones)
+    files = {name: getattr(cfg.stages, name) for name in RECIPE_STAGES}
+
+    # Resolve every config before training anything: a typo in stage 2 fails now, not an hour later.
+    configs = {}
+    for name in RECIPE_STAGES:
+        config_cls, _ = _stage(name)
+        configs[name] = load_config(config_cls, files[name], overrides[name])
+
+    total, timings = 0, {}
+    for name in RECIPE_STAGES:
+        done = root / name / EXPORTS[name]
+        if done.exists() and not cfg.redo:
+            logger.info("tiny-recipe: %s already exported (%s); skipping", name, done)
+            continue
+        if cfg.redo and (root / name).exists():
+            shutil.rmtree(root / name)
+        _, run_stage = _stage(name)
+        start = time.perf_counter()
+        result = run_stage(configs[name])
+        timings[name] = round(time.perf_counter() - start, 1)
+        total += result.global_step
+        logger.info("tiny-recipe: %s done in %.0f s (%d steps)", name, timings[name], result.global_step)
+
+    release = Path(cfg.release_dir) if cfg.release_dir is not None else root / "ccsr-tiny"
+    export_release(root, release)
+    log = root / "recipe_timings.json"
+    previous = json.loads(log.read_text()) if log.is_file() else {}
+    log.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
+    return TrainResult(total, [], release)

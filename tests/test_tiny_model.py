@@ -1,0 +1,193 @@
+"""ccsr-tiny: its offline data split, the from-scratch stages, the one-command recipe, the shipped model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ccsr.config import ConfigError, load_config
+from ccsr.data import tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A miniature architecture (unit-test size): the recipe test checks the plumbing, not the sizes.
+SMALL_ARCH = """
+unet_channels: [8, 16]
+unet_layers: 1
+unet_attention: [true, false]
+head_dim: 2
+norm_groups: 4
+text_dim: 16
+text_layers: 1
+text_heads: 2
+max_length: 16
+vae_channels: [8, 16, 16, 16]
+vae_layers: 1
+vae_norm_groups: 4
+vae_mid_attention: false
+latent_channels: 8
+"""
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_split_is_by_file_and_every_image_has_a_licence():
+    train = {s.name for s in tiny_data.TRAIN_IMAGES}
+    held = {s.name for s in tiny_data.HELDOUT_IMAGES}
+    assert train.isdisjoint(held)
+    assert {s.loader for s in tiny_data.TRAIN_IMAGES}.isdisjoint({s.loader for s in tiny_data.HELDOUT_IMAGES})
+    assert all(s.licence.strip() for s in tiny_data.TRAIN_IMAGES + tiny_data.HELDOUT_IMAGES)
+    table = tiny_data.licence_table()
+    assert all(name in table for name in train | held)
+
+
+def test_heldout_crops_are_fixed_non_overlapping_tiles():
+    crops = tiny_data.heldout_crops(256)
+    assert sorted(crops) == [
+        "camera_00",
+        "camera_01",
+        "camera_10",
+        "camera_11",
+        "chelsea_00",
+        "coffee_00",
+        "coffee_01",
+    ]
+    assert all(c.shape == (256, 256, 3) and c.dtype == np.uint8 for c in crops.values())
+    # The two camera crops of the top row are neighbours, not copies.
+    assert not np.array_equal(crops["camera_00"], crops["camera_01"])
+    assert tiny_data.bicubic_lr(crops["chelsea_00"]).shape == (64, 64, 3)
+
+
+def test_training_list_names_existing_images_weighted_by_area(tmp_path):
+    listing = tiny_data.write_training_set(tmp_path, min_side=128)
+    lines = [x for x in listing.read_text().splitlines() if not x.startswith("#")]
+    files = set(lines)
+    assert all((tmp_path / f).is_file() for f in files)
+    assert not any(h.name in f for f in files for h in tiny_data.HELDOUT_IMAGES)
+    counts = {f: lines.count(f) for f in files}
+    assert counts["retina_s100.png"] == tiny_data.MAX_REPEATS  # 1411 px: capped
+    assert counts["coins_s100.png"] == 2  # 384x303 = 1.8 tiles of 256
+    with Image.open(tmp_path / "astronaut_s050.png") as im:
+        assert im.size == (256, 256)
+
+
+def test_realesrgan_heldout_lr_is_reproducible_per_crop():
+    pytest.importorskip("ccsr.data.degradation", reason="needs the [train] extra (basicsr)")
+    crops = tiny_data.heldout_crops(256)
+    some = {k: crops[k] for k in ("camera_00", "chelsea_00")}
+    a = tiny_data.realesrgan_lr(some, seed=5)
+    b = tiny_data.realesrgan_lr(some, seed=5)
+    c = tiny_data.realesrgan_lr(some, seed=6)
+    assert all(np.array_equal(a[k], b[k]) for k in some)
+    assert not np.array_equal(a["camera_00"], c["camera_00"])
+    assert a["camera_00"].shape == (64, 64, 3)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def test_autoencoder_export_stores_the_unit_variance_scaling_factor(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from ccsr.models.tiny import TinySpec, build_tiny_components
+    from ccsr.training.autoencoder import AutoencoderStep, autoencoder_losses
+    from ccsr.training.scratch_config import AutoencoderObjective
+
+    vae = build_tiny_components(TinySpec(), seed=0)[2]
+    crops = (
+        torch.from_numpy(tiny_data.heldout_crops(256)["coffee_00"][::4, ::4].copy()).permute(2, 0, 1)[None]
+        / 255.0
+    )
+    terms = autoencoder_losses(vae, crops * 2 - 1, AutoencoderObjective(kl_weight=0.5))
+    assert set(terms) == {"rec", "kl", "loss"} and all(torch.isfinite(v) for v in terms.values())
+    assert torch.allclose(terms["loss"], terms["rec"] + 0.5 * terms["kl"])
+
+    step = AutoencoderStep(vae, AutoencoderObjective(), torch.cat([crops, crops.flip(-1)]))
+    out = step.export(tmp_path)
+    loaded = AutoencoderKL.from_pretrained(out)
+    with torch.no_grad():
+        z = loaded.encode(torch.cat([crops, crops.flip(-1)]) * 2 - 1).latent_dist.mean
+    assert (z * loaded.config.scaling_factor).std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_scratch_configs_are_strict():
+    from ccsr.training.scratch_config import AutoencoderConfig, BaseConfig, RecipeConfig
+
+    with pytest.raises(ConfigError, match="kl_wieght"):
+        load_config(AutoencoderConfig, REPO / "configs/tiny/autoencoder.yaml", ["objective.kl_wieght=1"])
+    with pytest.raises(ConfigError, match="model.vae"):
+        load_config(BaseConfig, REPO / "configs/tiny/base.yaml", ["model.vae=null"])
+    cfg = load_config(
+        RecipeConfig, REPO / "configs/tiny/recipe.yaml", ["overrides.all=[train.max_train_steps=2]"]
+    )
+    assert cfg.overrides.all == ("train.max_train_steps=2",)
+
+
+def test_tiny_spec_rejects_a_wrong_attention_pattern():
+    from ccsr.models.tiny import TinySpec, build_tiny_components
+
+    with pytest.raises(ValueError, match="unet_attention has 3 entries for 2"):
+        build_tiny_components(TinySpec(unet_attention=(True, True, False)))
+
+
+def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
+    """The real recipe, in a subprocess, two optimizer steps per stage on a miniature architecture."""
+    arch = tmp_path / "arch.yaml"
+    arch.write_text(SMALL_ARCH)
+    out = tmp_path / "run"
+    common = (
+        "train.max_train_steps=2,train.batch_size=2,train.cpu=true,train.log_with=none,"
+        "data.num_workers=0,data.resolution=48"
+    )
+    cmd = [
+        sys.executable, "-m", "ccsr", "train", "tiny-recipe",
+        "--set", f"output_dir={out}",
+        "--set", f"overrides.all=[{common}]",
+        "--set", f"overrides.autoencoder=[model.arch={arch}]",
+        "--set", f"overrides.base=[model.arch={arch}]",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for stage in ("autoencoder", "base", "stage1", "stage2"):
+        records = [json.loads(x) for x in (out / stage / "logs" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2]
+        assert all(math.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss/"))
+    release = out / "ccsr-tiny"
+    assert sorted(p.name for p in release.iterdir()) == [
+        "controlnet", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
+    ]  # fmt: skip
+    timings = json.loads((out / "recipe_timings.json").read_text())
+    assert sorted(timings) == ["autoencoder", "base", "stage1", "stage2"]
+
+    # The release is the stage-2 decoder on the stage-1 ControlNet and the base model.
+    from safetensors.torch import load_file
+
+    st = "diffusion_pytorch_model.safetensors"
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            load_file(release / "vae" / st).values(), load_file(out / "stage2" / "vae" / st).values()
+        )
+    )
+    assert load_file(release / "vae" / st).keys() == load_file(out / "stage2" / "vae" / st).keys()
+
+    from ccsr.pipeline import CCSRPipeline
+
+    pipe = CCSRPipeline.from_pretrained(release)
+    lr = Image.fromarray(tiny_data.heldout_crops(256)["chelsea_00"][::8, ::8].copy())
+    sr = pipe(lr, steps=1, upscale=4, process_size=128, generator=torch.Generator().manual_seed(0)).images[0]
+    assert sr.size == (128, 128)
+
+    # A second run finds every export and trains nothing (a stopped recipe continues where it stopped).
+    (out / "recipe_timings.json").unlink()
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained 0 steps" in again.stdout
+    assert json.loads((out / "recipe_timings.json").read_text()) == {}
