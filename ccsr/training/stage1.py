@@ -9,7 +9,6 @@ both images are VAE-encoded (``z`` = GT latent, ``c`` = LR latent, the ControlNe
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,15 +156,12 @@ class Stage1Step(TrainStep):
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write ``output_dir/controlnet`` (release layout; ``CCSRPipeline.from_pretrained(base, controlnet=...)``)."""
         from ccsr.models.controlnet import save_ccsr_controlnet
+        from ccsr.training.checkpoint import replace_dir_atomically
 
-        out = Path(output_dir)
-        target, tmp = out / "controlnet", out / ".controlnet.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_ccsr_controlnet(self.unwrap("controlnet"), tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        return target
+        controlnet = self.unwrap("controlnet")
+        return replace_dir_atomically(
+            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp)
+        )
 
     @torch.no_grad()
     def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

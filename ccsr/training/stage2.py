@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -323,23 +322,16 @@ class Stage2Step(TrainStep):
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write the fine-tuned VAE as ``output_dir/vae/`` (diffusers layout, safetensors, float32), loadable
         with ``CCSRPipeline.from_pretrained(model, vae=output_dir)``. Written beside and renamed into place."""
-        out = Path(output_dir)
-        final, tmp = out / "vae", out / ".vae.tmp"
+        from ccsr.training.checkpoint import replace_dir_atomically
+
+        final = Path(output_dir) / "vae"
         if final.resolve() == self.vae_source.resolve():
             raise ValueError(
                 f"export to {final} would overwrite the VAE this run started from; choose another train.output_dir"
             )
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.vae.save_pretrained(tmp, safe_serialization=True)
-        if final.exists():
-            old = out / ".vae.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        return final
+        return replace_dir_atomically(
+            final, lambda tmp: self.vae.save_pretrained(tmp, safe_serialization=True)
+        )
 
 
 def run(cfg: Stage2Config) -> TrainResult:
