@@ -191,3 +191,92 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trained 0 steps" in again.stdout
     assert json.loads((out / "recipe_timings.json").read_text()) == {}
+
+
+# ---------------------------------------------------------------------------------------------- shipped model
+def _y_psnr(a: np.ndarray, b: np.ndarray, crop: int = 4) -> float:
+    """PSNR of the BT.601 Y channel after a ``crop``-px border crop (the paper's protocol), uint8 inputs."""
+
+    def y(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) / 255.0
+        return (16 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
+
+    d = (y(a) - y(b))[crop:-crop, crop:-crop]
+    return float(10 * np.log10(1.0 / np.mean(d**2)))
+
+
+@pytest.fixture(scope="module")
+def shipped_pipe():
+    from ccsr.pipeline import CCSRPipeline
+    from ccsr.upscale_config import TINY_MODEL_DIR
+
+    return CCSRPipeline.from_pretrained(TINY_MODEL_DIR)
+
+
+def _heldout(kind: str) -> tuple[Image.Image, np.ndarray]:
+    """(x4 LR, GT) of held-out crop camera_00: the shipped degraded example, or a bicubic reduction."""
+    from ccsr.upscale_config import TINY_MODEL_DIR
+
+    gt = tiny_data.heldout_crops(256)["camera_00"]
+    if kind == "realesrgan":
+        return Image.open(TINY_MODEL_DIR.parent / "examples" / "camera_degraded.png").convert("RGB"), gt
+    return Image.fromarray(tiny_data.bicubic_lr(gt)), gt
+
+
+def _sr(pipe, lr: Image.Image) -> np.ndarray:
+    out = pipe(lr, steps=1, upscale=4, process_size=256, generator=torch.Generator().manual_seed(0))
+    return np.asarray(out.images[0])
+
+
+def test_shipped_weights_are_safetensors_under_40_mb_and_load_strictly(shipped_pipe):
+    from ccsr.upscale_config import TINY_MODEL_DIR
+
+    weights = sorted(TINY_MODEL_DIR.rglob("*.safetensors"))
+    assert {p.parent.name for p in weights} == {"unet", "controlnet", "vae", "text_encoder"}
+    assert not list(TINY_MODEL_DIR.rglob("*.bin")) and not list(TINY_MODEL_DIR.rglob("*.pt"))
+    assert sum(p.stat().st_size for p in weights) <= 40 * 2**20
+    assert shipped_pipe.vae.config.scaling_factor != pytest.approx(
+        0.18215
+    )  # measured by the autoencoder stage
+    assert shipped_pipe.unet.config.in_channels == shipped_pipe.vae.config.latent_channels == 16
+
+
+def test_shipped_model_is_trained_not_random(shipped_pipe):
+    """Training moved the output towards the truth: ccsr-tiny beats the same architecture untrained."""
+    from ccsr.config import load_config
+    from ccsr.models.tiny import TinySpec, build_tiny_components
+    from ccsr.pipeline import CCSRPipeline
+
+    lr, gt = _heldout("realesrgan")
+    random_pipe = CCSRPipeline(*build_tiny_components(load_config(TinySpec, REPO / "configs/tiny/arch.yaml")))
+    assert _y_psnr(_sr(shipped_pipe, lr), gt) > _y_psnr(_sr(random_pipe, lr), gt) + 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="target missed (README, ccsr-tiny): at 1 step ccsr-tiny is ~17 dB against bicubic's 25-28 dB on the "
+    "held-out sets; its one-step x0 at t=999 is still far from the GT latent after the training budget it got",
+)
+@pytest.mark.parametrize("kind", ["bicubic", "realesrgan"])
+def test_shipped_model_beats_bicubic_on_a_heldout_image(shipped_pipe, kind):
+    lr, gt = _heldout(kind)
+    bicubic = np.asarray(lr.resize(gt.shape[1::-1], Image.BICUBIC))
+    assert _y_psnr(_sr(shipped_pipe, lr), gt) >= _y_psnr(bicubic, gt) + 0.3
+
+
+def test_cli_upscales_the_shipped_examples_offline(tmp_path):
+    """The README's first command, as a user runs it: no network, the packaged model and examples."""
+    from ccsr.upscale_config import TINY_MODEL_DIR
+
+    examples = TINY_MODEL_DIR.parent / "examples"
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "camera.png").write_bytes((examples / "camera.png").read_bytes())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ccsr", "upscale", str(src), str(tmp_path / "out"), "--model", "tiny"]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outputs = list((tmp_path / "out").rglob("camera.png"))
+    assert len(outputs) == 1
+    with Image.open(outputs[0]) as im:
+        assert im.size == (512, 512)
