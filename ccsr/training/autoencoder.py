@@ -10,7 +10,6 @@ that scaled latents have unit variance, as SD's 0.18215 was chosen (ibid., §4.3
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ccsr.training.checkpoint import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train
 from ccsr.training.scratch_config import AutoencoderConfig, AutoencoderObjective
 
@@ -79,14 +79,9 @@ class AutoencoderStep(TrainStep):
             vae.register_to_config(scaling_factor=latent_scaling_factor(vae, self.calibration))
         finally:
             vae.train(was_training)
-        out = Path(output_dir)
-        target, tmp = out / "vae", out / ".vae.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        vae.save_pretrained(tmp, safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        return target
+        return replace_dir_atomically(
+            Path(output_dir) / "vae", lambda tmp: vae.save_pretrained(tmp, safe_serialization=True)
+        )
 
     @torch.no_grad()
     def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

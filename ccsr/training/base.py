@@ -12,7 +12,6 @@ that ``ccsr train stage1`` takes as ``model.pretrained``.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccsr.diffusion import add_noise, predict_x0
+from ccsr.training.checkpoint import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
 
@@ -90,23 +90,20 @@ class BaseStep(TrainStep):
 
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write ``output_dir/model/{unet,vae,text_encoder,tokenizer,scheduler}`` (a base-model folder)."""
-        out = Path(output_dir)
-        target, tmp = out / MODEL_DIR, out / f".{MODEL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.unwrap("unet").save_pretrained(tmp / "unet", safe_serialization=True)
-        vae, text_encoder = self.vae, self.text_encoder
-        # Frozen modules may have been cast to the mixed-precision dtype: ship fp32 copies.
-        vae_dtype, te_dtype = vae.dtype, text_encoder.dtype
-        vae.to(torch.float32).save_pretrained(tmp / "vae", safe_serialization=True)
-        text_encoder.to(torch.float32).save_pretrained(tmp / "text_encoder", safe_serialization=True)
-        vae.to(vae_dtype)
-        text_encoder.to(te_dtype)
-        self.tokenizer.save_pretrained(tmp / "tokenizer")
-        self.scheduler.save_pretrained(tmp / "scheduler")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        return target
+        unet, vae, text_encoder = self.unwrap("unet"), self.vae, self.text_encoder
+
+        def write(tmp: Path) -> None:
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            # Frozen modules may have been cast to the mixed-precision dtype: ship fp32 copies.
+            vae_dtype, te_dtype = vae.dtype, text_encoder.dtype
+            vae.to(torch.float32).save_pretrained(tmp / "vae", safe_serialization=True)
+            text_encoder.to(torch.float32).save_pretrained(tmp / "text_encoder", safe_serialization=True)
+            vae.to(vae_dtype)
+            text_encoder.to(te_dtype)
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            self.scheduler.save_pretrained(tmp / "scheduler")
+
+        return replace_dir_atomically(Path(output_dir) / MODEL_DIR, write)
 
     @torch.no_grad()
     def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -71,26 +70,16 @@ def export_release(root: Path, release: Path) -> Path:
     written beside ``release`` and renamed into place; every component reloads strictly first."""
     from ccsr.models.loading import load_components
     from ccsr.models.tiny import save_release_layout
+    from ccsr.training.checkpoint import replace_dir_atomically
 
     parts = load_components(
         root / "base" / EXPORTS["base"],
         controlnet=root / "stage1" / EXPORTS["stage1"],
         vae=root / "stage2" / EXPORTS["stage2"],
     )
-    tmp = release.with_name(f".{release.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     comps = (parts.unet, parts.controlnet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler)
-    save_release_layout(comps, tmp, layout="single")
-    if release.exists():
-        old = release.with_name(f".{release.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(release, old)
-        os.replace(tmp, release)
-        shutil.rmtree(old)
-    else:
-        release.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, release)
-    return release
+    release.parent.mkdir(parents=True, exist_ok=True)
+    return replace_dir_atomically(release, lambda tmp: save_release_layout(comps, tmp, layout="single"))
 
 
 def run(cfg: RecipeConfig) -> TrainResult:
