@@ -424,6 +424,9 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, capsys, common):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+        # ignored SIGINT ignored: restore the default so the child sees Ctrl-C as a terminal user's would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for_outputs(proc, out / "manifest.jsonl", 1)
     proc.send_signal(signal.SIGINT)
