@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,3 +377,29 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(global_step, history, export_dir)
+
+
+def train_sr_stage(build_step: Callable[[], TrainStep], cfg: Any, project_name: str) -> TrainResult:
+    """Stages 1 and 2: seed, build the step, HQ training images and optional paired validation
+    folders from ``cfg.data``, then :func:`train` with ``cfg.train`` / ``cfg.optimizer``."""
+    from accelerate.utils import set_seed
+
+    from ccsr.data.datasets import HQImageDataset, PairedImageDataset
+
+    set_seed(cfg.train.seed)  # the same initial weights in every process and on every restart
+    step = build_step()
+    train_data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
+    val_data = None
+    if cfg.data.val_lr is not None:
+        val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
+    return train(
+        step,
+        train_data,
+        cfg.train,
+        cfg.optimizer,
+        num_workers=cfg.data.num_workers,
+        val_dataset=val_data,
+        val_max_images=cfg.data.val_max_images,
+        config=cfg,
+        project_name=project_name,
+    )

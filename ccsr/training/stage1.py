@@ -21,7 +21,7 @@ from ccsr.data.degradation_config import DegradationConfig
 from ccsr.denoiser import predict_eps
 from ccsr.diffusion import add_noise, predict_x0
 from ccsr.schedule import sample_train_timesteps_upper
-from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
+from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage1_config import Stage1Config, Stage1Objective
 
 Config = Stage1Config  # what `ccsr train stage1` loads
@@ -229,24 +229,4 @@ def build_step(cfg: Stage1Config) -> Stage1Step:
 
 def run(cfg: Stage1Config) -> TrainResult:
     """Train stage 1 as configured; the ControlNet is exported to ``train.output_dir/controlnet``."""
-    from accelerate.utils import set_seed
-
-    from ccsr.data.datasets import HQImageDataset, PairedImageDataset
-
-    set_seed(cfg.train.seed)  # the same initial ControlNet in every process and on every restart
-    step = build_step(cfg)
-    train_data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
-    val_data = None
-    if cfg.data.val_lr is not None:
-        val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
-    return train(
-        step,
-        train_data,
-        cfg.train,
-        cfg.optimizer,
-        num_workers=cfg.data.num_workers,
-        val_dataset=val_data,
-        val_max_images=cfg.data.val_max_images,
-        config=cfg,
-        project_name="ccsr-stage1",
-    )
+    return train_sr_stage(lambda: build_step(cfg), cfg, "ccsr-stage1")

@@ -32,7 +32,7 @@ from ccsr.denoiser import predict_eps
 from ccsr.diffusion import add_noise, predict_x0
 from ccsr.schedule import CCSRSchedule, make_schedule
 from ccsr.training.gan_losses import hinge_discriminator_loss, hinge_generator_loss
-from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
+from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage2_config import Stage2Config
 
 Config = Stage2Config  # what `ccsr train stage2` loads
@@ -336,24 +336,4 @@ class Stage2Step(TrainStep):
 
 def run(cfg: Stage2Config) -> TrainResult:
     """Train stage 2 as configured; the VAE is exported to ``train.output_dir/vae``."""
-    from accelerate.utils import set_seed
-
-    from ccsr.data.datasets import HQImageDataset, PairedImageDataset
-
-    set_seed(cfg.train.seed)
-    step = Stage2Step(cfg)
-    train_data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
-    val_data = None
-    if cfg.data.val_lr is not None:
-        val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
-    return train(
-        step,
-        train_data,
-        cfg.train,
-        cfg.optimizer,
-        num_workers=cfg.data.num_workers,
-        val_dataset=val_data,
-        val_max_images=cfg.data.val_max_images,
-        config=cfg,
-        project_name="ccsr-stage2",
-    )
+    return train_sr_stage(lambda: Stage2Step(cfg), cfg, "ccsr-stage2")
