@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import sys
 
 #: command name -> module; the module is imported only when the command runs or asks for help.
@@ -48,6 +49,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # diffusers imports bitsandbytes when it is installed (pyiqa pulls it in), and on CPUs with AVX512-BF16
+    # it warns on every start about an optional kernel package unrelated to anything ccsr does.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
