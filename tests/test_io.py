@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+from helpers import png_header_only
 from PIL import Image, ImageCms, ImageOps
 
 from ccsr.io import (
@@ -167,21 +166,6 @@ def test_palette_and_cmyk_are_converted(tmp_path, rgb):
     assert np.abs(c.color.astype(int) - rgb.astype(int)).mean() < 8  # CMYK JPEG round trip, roughly the photo
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` with a tiny body (a decompression-bomb shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_bad_files_each_give_one_clear_reason(tmp_path, rgb):
     good = io.BytesIO()
     Image.fromarray(rgb).save(good, "PNG")
@@ -192,7 +176,7 @@ def test_bad_files_each_give_one_clear_reason(tmp_path, rgb):
         "text.jpg": (b"hello, I am not an image\n" * 10, "not an image"),
         "trunc.png": (good.getvalue()[: len(good.getvalue()) // 2], "truncated"),
         "trunc.jpg": (jpg.getvalue()[: len(jpg.getvalue()) // 2], "truncated"),
-        "bomb.png": (_png_header_only(100_000, 100_000), "decompression-bomb"),
+        "bomb.png": (png_header_only(100_000, 100_000), "decompression-bomb"),
         "tiny.png": (None, "too small"),
     }
     for name, (content, _) in cases.items():

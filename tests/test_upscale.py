@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import png_header_only
 from PIL import Image, ImageCms
 
 from ccsr.cli import main as ccsr_main
@@ -43,23 +44,6 @@ def simple_folder(root: Path, n: int, size=(16, 20)) -> Path:
     for k in range(n):
         save(root / f"img{k}.png", photo(size[0], size[1], k))
     return root
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A small PNG whose header claims ``width x height`` pixels (the shape of a decompression bomb)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def tree_state(root: Path) -> dict[str, str]:
@@ -115,7 +99,7 @@ def test_folder_of_real_and_bad_files(tmp_path, capsys, common, tiny_model_dir):
     (src / "text.jpg").write_text("not an image\n")
     whole = (src / "a.png").read_bytes()
     (src / "trunc.png").write_bytes(whole[: len(whole) // 2])
-    (src / "bomb.png").write_bytes(bomb_png(60_000, 60_000))
+    (src / "bomb.png").write_bytes(png_header_only(60_000, 60_000))
     save(src / "tiny.png", photo(4, 4))
     os.symlink(src / "gone.png", src / "broken.png")
     (src / "notes.txt").write_text("ignored: not an image extension")
