@@ -1,6 +1,8 @@
-"""The CCSR denoiser: epsilon = UNet(x_t, t, text, residuals = ControlNet(x_t, t, text, z_lr)).
+"""The CCSR denoiser: UNet(x_t, t, text, residuals = ControlNet(x_t, t, text, z_lr)).
 
-One function shared by the pipeline and both training stages (spec §1.8).
+One function shared by the pipeline and both training stages (spec §1.8). Its output is what the
+scheduler's ``prediction_type`` says (epsilon for SD-2.1-base and the official weights, v for
+ccsr-tiny); :func:`ccsr.diffusion.predict_x0` reads it.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def predict_eps(
+def denoise(
     unet,
     controlnet,
     x_t: torch.Tensor,
@@ -17,7 +19,8 @@ def predict_eps(
     lr_latent: torch.Tensor,
     conditioning_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Noise prediction for ``x_t`` ``(B, 4, h, w)`` conditioned on the LR latent ``(B, 4, h, w)``.
+    """The denoiser's output for ``x_t`` ``(B, C, h, w)`` conditioned on the LR latent ``(B, C, h, w)``:
+    epsilon, v or x0, as the scheduler's ``prediction_type`` says.
 
     ``text_embeddings`` is ``(B, L, D)`` (or ``(1, L, D)``, broadcast). Networks run in their own
     dtype; the result is returned in that dtype.

@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ccsr.color import COLOR_FIXES, apply_color_fix
-from ccsr.denoiser import predict_eps
+from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
@@ -277,16 +277,17 @@ class CCSRPipeline(DiffusionPipeline):
             z = dist.sample(generator=generator) if lr_latent == "sample" else dist.mode()
             z_lr = z.float() * self.vae.config.scaling_factor
             alphas = self.scheduler.alphas_cumprod
+            kind = self.scheduler.config.prediction_type  # the denoiser's output: epsilon or v (or x0)
 
-            def eps_at(x: torch.Tensor, t: int, guided: bool, single: torch.Tensor) -> torch.Tensor:
+            def model_at(x: torch.Tensor, t: int, guided: bool, single: torch.Tensor) -> torch.Tensor:
                 def fn(xt: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
                     n = xt.shape[0]
                     if not guided:
-                        return predict_eps(
+                        return denoise(
                             self.unet, self.controlnet, xt, t, single, zt, conditioning_scale
                         ).float()
                     emb = torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)])
-                    e = predict_eps(
+                    e = denoise(
                         self.unet,
                         self.controlnet,
                         torch.cat([xt, xt]),
@@ -307,11 +308,11 @@ class CCSRPipeline(DiffusionPipeline):
             if schedule.start_timestep is not None:
                 t0 = schedule.start_timestep
                 if initial_prompt == "cfg" and g > 1.0:
-                    eps = eps_at(x, t0, True, pos)
+                    out = model_at(x, t0, True, pos)
                 else:
                     first = neg if (cfg and initial_prompt == "reference") else pos
-                    eps = eps_at(x, t0, False, first)
-                x0 = predict_x0(x, eps, t0, alphas)
+                    out = model_at(x, t0, False, first)
+                x0 = predict_x0(x, out, t0, alphas, kind)
                 x = (
                     add_noise(x0, self._randn(latent_shape, generator), schedule.tau, alphas)
                     if schedule.loop
@@ -320,11 +321,11 @@ class CCSRPipeline(DiffusionPipeline):
 
             # 6. Truncated DDPM loop with classifier-free guidance.
             for i, t in enumerate(schedule.loop):
-                eps = eps_at(x, t, cfg, pos)
+                out = model_at(x, t, cfg, pos)
                 if schedule.final_x0 and i == len(schedule.loop) - 1:
-                    x = predict_x0(x, eps, t, alphas)
+                    x = predict_x0(x, out, t, alphas, kind)
                 else:
-                    x = self.scheduler.step(eps, t, x, generator=generator, return_dict=False)[0].float()
+                    x = self.scheduler.step(out, t, x, generator=generator, return_dict=False)[0].float()
 
             if output_type == "latent":
                 result: object = x

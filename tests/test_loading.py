@@ -129,13 +129,16 @@ def test_pickled_weights_need_opt_in(tiny_components, tmp_path):
     assert torch.equal(model.controlnet_cond_embedding.conv.weight, state["condition_conv_in.weight"])
 
 
-def test_v_prediction_base_is_refused(tiny_single_dir, tmp_path):
+def test_prediction_type_comes_from_the_scheduler_config(tiny_single_dir, tmp_path):
     root = _copy(tiny_single_dir, tmp_path)
     p = root / "scheduler" / "scheduler_config.json"
     cfg = json.loads(p.read_text())
-    cfg["prediction_type"] = "v_prediction"
+    cfg["prediction_type"] = "v_prediction"  # ccsr-tiny's; the official weights are epsilon
     p.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="epsilon-prediction SD-2.1-base"):
+    assert load_components(root).scheduler.config.prediction_type == "v_prediction"
+    cfg["prediction_type"] = "flow"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"scheduler_config.json: prediction_type='flow' is not one of"):
         load_components(root)
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ccsr.denoiser import predict_eps
+from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
-from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
+from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, CCSRPipeline
 
 PS = 32  # small process_size keeps the tiny model fast
 
@@ -80,10 +80,17 @@ def test_expert_knobs_reproduce_reference_schedules(tiny_pipe, photo):
         tiny_pipe(photo, num_inference_steps=3, t_min=0.5, process_size=PS)
 
 
-def test_two_step_matches_the_algorithm_written_out(tiny_pipe, photo):
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_two_step_matches_the_algorithm_written_out(tiny_pipe, photo, kind):
     """Spec §1.5 step by step: noise, posterior sample, t=999 on the negative prompt, re-noise to 499,
-    CFG at 499 (index 0 = negative), x0 read-out. All draws from one generator, in that order."""
+    CFG at 499 (index 0 = negative), x0 read-out. All draws from one generator, in that order.
+    The same networks read as v prediction (ccsr-tiny's type) go through the same steps."""
+    from diffusers import DDPMScheduler
+
     p = tiny_pipe
+    if kind != "epsilon":
+        sched = DDPMScheduler.from_config(p.scheduler.config, prediction_type=kind)
+        p = CCSRPipeline(p.unet, p.controlnet, p.vae, p.text_encoder, p.tokenizer, sched)
     out = p(photo, 2, process_size=PS, generator=gen(5), output_type="latent").images
 
     from ccsr.image import make_canvas, pil_to_tensor, plan_resize
@@ -98,11 +105,11 @@ def test_two_step_matches_the_algorithm_written_out(tiny_pipe, photo):
     ac = p.scheduler.alphas_cumprod
     pos, neg = p.encode_prompt(DEFAULT_PROMPT), p.encode_prompt(DEFAULT_NEGATIVE_PROMPT)
     x = add_noise(z, noise, 999, ac)
-    x0 = predict_x0(x, predict_eps(p.unet, p.controlnet, x, 999, neg, z), 999, ac)
+    x0 = predict_x0(x, denoise(p.unet, p.controlnet, x, 999, neg, z), 999, ac, kind)
     x = add_noise(x0, torch.randn(shape, generator=g), 499, ac)
-    e_neg = predict_eps(p.unet, p.controlnet, x, 499, neg, z)
-    e_pos = predict_eps(p.unet, p.controlnet, x, 499, pos, z)
-    expected = predict_x0(x, e_neg + 4.5 * (e_pos - e_neg), 499, ac)
+    e_neg = denoise(p.unet, p.controlnet, x, 499, neg, z)
+    e_pos = denoise(p.unet, p.controlnet, x, 499, pos, z)
+    expected = predict_x0(x, e_neg + 4.5 * (e_pos - e_neg), 499, ac, kind)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 

@@ -106,12 +106,12 @@ def test_stage1_losses_match_hand_computation():
     w = torch.tensor(0.3, requires_grad=True)
     calls = []
 
-    def eps_fn(x, tt):  # a stand-in denoiser with one trainable weight
+    def model_fn(x, tt):  # a stand-in denoiser with one trainable weight
         calls.append(tt if isinstance(tt, int) else tuple(tt.tolist()))
         return w * x + 0.1
 
     obj = Stage1Objective(weight_eps=0.5, weight_x0=2.0, weight_x0_renoised=3.0)
-    terms = stage1_losses(eps_fn, z, c, abar, obj, noise=noise, timesteps=t)
+    terms = stage1_losses(model_fn, z, c, abar, obj, noise=noise, timesteps=t)
     assert calls == [(10, 600), 999, 667]  # t < round(1000 * 0.6667), then T = 999, then tau = 667
 
     def by_hand(w, detach_first_x0=False):
@@ -142,13 +142,30 @@ def test_stage1_losses_match_hand_computation():
     # Option: x_T from the LR latent; a zero weight skips its passes.
     calls.clear()
     lr_start = stage1_losses(
-        eps_fn, z, c, abar, Stage1Objective(start_from="lr", weight_eps=0, weight_x0_renoised=0), noise=noise
+        model_fn,
+        z,
+        c,
+        abar,
+        Stage1Objective(start_from="lr", weight_eps=0, weight_x0_renoised=0),
+        noise=noise,
     )
     assert calls == [999] and set(lr_start) == {"x0", "loss"}
     s, r = abar[999].sqrt(), (1 - abar[999]).sqrt()
     x_big = s * c + r * noise[1]
     expected_x0 = (((x_big - r * (0.3 * x_big + 0.1)) / s - z) ** 2).mean()
     assert torch.allclose(lr_start["x0"], expected_x0, rtol=1e-4)
+
+    # v prediction (ccsr-tiny): the first term's target is v, the x0 terms read the output as v.
+    v_terms = stage1_losses(
+        model_fn, z, c, abar, obj, noise=noise, timesteps=t, prediction_type="v_prediction"
+    )
+    st, rt = abar[t].sqrt().view(2, 1, 1, 1), (1 - abar[t]).sqrt().view(2, 1, 1, 1)
+    x_t = st * z + rt * noise[0]
+    assert torch.allclose(
+        v_terms["eps"], ((0.3 * x_t + 0.1 - (st * noise[0] - rt * z)) ** 2).mean(), rtol=1e-4
+    )
+    x_big = s * z + r * noise[1]
+    assert torch.allclose(v_terms["x0"], ((s * x_big - r * (0.3 * x_big + 0.1) - z) ** 2).mean(), rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ training

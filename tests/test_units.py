@@ -104,6 +104,47 @@ def test_add_noise_and_predict_x0_invert_each_other():
     )
 
 
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_training_target_and_predict_x0_agree_for_every_prediction_type(kind):
+    from diffusers import DDPMScheduler
+
+    from ccsr.diffusion import training_target
+    from ccsr.models.tiny import SD21_SCHEDULER
+
+    sched = DDPMScheduler.from_config({**SD21_SCHEDULER, "prediction_type": kind})
+    ac = sched.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in (999, 499, 1, torch.tensor([999, 3])):
+        xt = add_noise(x0, eps, t, ac)
+        target = training_target(x0, eps, t, ac, kind)
+        torch.testing.assert_close(predict_x0(xt, target, t, ac, kind), x0, atol=2e-4, rtol=1e-4)
+    t = torch.tensor([999, 250])
+    if kind == "v_prediction":  # diffusers' own definition of v
+        torch.testing.assert_close(training_target(x0, eps, t, ac, kind), sched.get_velocity(x0, eps, t))
+    # One DDPM step from the exact target lands where diffusers' step does from the exact target.
+    sched.set_timesteps(10)
+    t = int(sched.timesteps[4])  # 501 on SD's leading grid
+    xt = add_noise(x0, eps, t, ac)
+    target = training_target(x0, eps, t, ac, kind)
+    step = sched.step(target, t, xt, generator=torch.Generator().manual_seed(1))
+    ref = DDPMScheduler.from_config(SD21_SCHEDULER)
+    ref.set_timesteps(10)
+    expected = ref.step(eps, t, xt, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(step.prev_sample, expected.prev_sample, atol=2e-4, rtol=1e-4)
+
+
+def test_unknown_prediction_type_is_named():
+    from ccsr.diffusion import training_target
+
+    x = torch.zeros(1, 4, 2, 2)
+    ac = torch.linspace(0.99, 0.01, 1000)
+    with pytest.raises(ValueError, match="prediction_type='flow'.*epsilon, v_prediction, sample"):
+        predict_x0(x, x, 5, ac, "flow")
+    with pytest.raises(ValueError, match="prediction_type='flow'"):
+        training_target(x, x, 5, ac, "flow")
+
+
 # ---------------------------------------------------------------- tiling (spec §1.11)
 @pytest.mark.parametrize(
     "length,tile,stride", [(100, 64, 32), (64, 64, 32), (20, 64, 32), (97, 16, 16), (65, 64, 1)]

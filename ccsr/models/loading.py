@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ccsr.diffusion import PREDICTION_TYPES
+
 BASE_SUBFOLDER = "stable-diffusion-2-1-base"
 WHERE_TO_GET = (
     "CCSR-v2 weights: the 'Controlnet' and 'VAE' downloads linked from https://github.com/csslc/CCSR (branch "
@@ -174,10 +176,12 @@ def load_components(
     )
     tokenizer = CLIPTokenizer.from_pretrained(paths.tokenizer)
     scheduler_cfg = json.loads((paths.scheduler / "scheduler_config.json").read_text())
-    if scheduler_cfg.get("prediction_type", "epsilon") != "epsilon":
+    # The official CCSR-v2 weights are epsilon prediction (SD-2.1-base); ccsr-tiny is v prediction.
+    kind = scheduler_cfg.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
         raise ValueError(
-            f"{paths.scheduler}: prediction_type={scheduler_cfg['prediction_type']!r}; CCSR-v2 is built on the "
-            "epsilon-prediction SD-2.1-base (512), not the v-prediction SD-2.1 (768)"
+            f"{paths.scheduler / 'scheduler_config.json'}: prediction_type={kind!r} is not one of "
+            f"{', '.join(PREDICTION_TYPES)}; fix the scheduler config of this model"
         )
     scheduler = DDPMScheduler.from_pretrained(paths.scheduler)
     cn = (

@@ -49,6 +49,7 @@ class TinySpec:
     vae_mid_attention: bool = True  # self-attention in the VAE's lowest level (SD has it)
     text_heads: int = 2
     scaling_factor: float = 0.18215  # SD's; a trained VAE stores 1 / std of its latents
+    prediction_type: str = "epsilon"  # SD-2.1-base's; ccsr-tiny: v_prediction (ccsr.diffusion.predict_x0)
 
 
 def _byte_symbols() -> list[str]:
@@ -94,6 +95,7 @@ def build_tiny_components(
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from ccsr.diffusion import check_prediction_type
     from ccsr.models.controlnet import build_latent_controlnet
 
     torch.manual_seed(seed)
@@ -147,7 +149,9 @@ def build_tiny_components(
     if not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         write_byte_tokenizer(tokenizer_dir, spec.max_length)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    scheduler = DDPMScheduler.from_config(SD21_SCHEDULER)
+    scheduler = DDPMScheduler.from_config(
+        {**SD21_SCHEDULER, "prediction_type": check_prediction_type(spec.prediction_type)}
+    )
     for mod in (unet, controlnet, vae, text_encoder):
         mod.eval().requires_grad_(False)
     return unet, controlnet, vae, text_encoder, tokenizer, scheduler

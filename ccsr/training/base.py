@@ -3,7 +3,9 @@ is for the full CCSR model, here learnt on a trained autoencoder's latents.
 
 Objective (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Algorithm 1, in latent space as
 Rombach et al. 2022): ``t ~ U{0, ..., 999}``, ``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps`` on the
-SD-2.1 schedule (:data:`ccsr.models.tiny.SD21_SCHEDULER`), ``L = MSE(eps_theta(x_t, t, text), eps)``.
+SD-2.1 schedule (:data:`ccsr.models.tiny.SD21_SCHEDULER`), ``L = MSE(net(x_t, t, text), target)`` with
+target = eps (SD's epsilon prediction) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z (the architecture's
+``prediction_type: v_prediction``, as ccsr-tiny: its one-step x0 does not amplify the network's error).
 The text encoder is built once (random, frozen) and shipped with the model; CCSR only ever feeds it
 fixed prompts. The export is a base-model folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``)
 that ``ccsr train stage1`` takes as ``model.pretrained``.
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccsr.diffusion import add_noise, predict_x0
+from ccsr.diffusion import add_noise, predict_x0, training_target
 from ccsr.training.checkpoint import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
@@ -84,8 +86,9 @@ class BaseStep(TrainStep):
         which = torch.randint(0, len(self.objective.prompts), (b,), device=z.device)
         emb = self.prompt_embeddings[which]
         dtype = next(self.unet.parameters()).dtype
-        eps = self.unet(x_t.to(dtype), t, encoder_hidden_states=emb.to(dtype), return_dict=False)[0]
-        loss = F.mse_loss(eps.float(), noise)
+        out = self.unet(x_t.to(dtype), t, encoder_hidden_states=emb.to(dtype), return_dict=False)[0]
+        target = training_target(z, noise, t, self.alphas_cumprod, self.scheduler.config.prediction_type)
+        loss = F.mse_loss(out.float(), target)
         return StepOutput({"unet": loss})
 
     def export(self, output_dir: str | os.PathLike) -> Path:
@@ -124,13 +127,13 @@ class BaseStep(TrainStep):
             dtype = next(unet.parameters()).dtype
             emb = self.prompt_embeddings[:1].expand(shape[0], -1, -1).to(dtype)
             for i, t in enumerate(sched.timesteps):
-                eps = unet(x.to(dtype), t.to(gt.device), encoder_hidden_states=emb, return_dict=False)[
+                out = unet(x.to(dtype), t.to(gt.device), encoder_hidden_states=emb, return_dict=False)[
                     0
                 ].float()
                 if i == len(sched.timesteps) - 1:
-                    x = predict_x0(x, eps, int(t), self.alphas_cumprod)
+                    x = predict_x0(x, out, int(t), self.alphas_cumprod, sched.config.prediction_type)
                 else:
-                    x = sched.step(eps, t, x, generator=g, return_dict=False)[0].float()
+                    x = sched.step(out, t, x, generator=g, return_dict=False)[0].float()
             img = self.vae.decode((x / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float()
         finally:
             unet.train()

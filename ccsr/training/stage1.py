@@ -18,8 +18,8 @@ from torch import nn
 
 from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
-from ccsr.denoiser import predict_eps
-from ccsr.diffusion import add_noise, predict_x0
+from ccsr.denoiser import denoise
+from ccsr.diffusion import add_noise, predict_x0, training_target
 from ccsr.schedule import sample_train_timesteps_upper
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage1_config import Stage1Config, Stage1Objective
@@ -28,24 +28,27 @@ Config = Stage1Config  # what `ccsr train stage1` loads
 
 
 def stage1_losses(
-    eps_fn: Callable[[torch.Tensor, torch.Tensor | int], torch.Tensor],
+    model_fn: Callable[[torch.Tensor, torch.Tensor | int], torch.Tensor],
     z: torch.Tensor,
     c: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     objective: Stage1Objective,
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    prediction_type: str = "epsilon",
 ) -> dict[str, torch.Tensor]:
     """The three terms of CCSR stage 1 (spec §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
 
     Args:
-        eps_fn: ``(x_t, t) -> eps``, the ControlNet+UNet noise prediction conditioned on ``c``.
+        model_fn: ``(x_t, t) -> output``, the ControlNet+UNet prediction conditioned on ``c``, read as
+            ``prediction_type`` (the scheduler's: epsilon for SD-2.1-base, v for ccsr-tiny).
         z: GT latent ``(B, 4, h, w)`` (scaled by the VAE factor); the target of both x0 terms.
         c: LR latent ``(B, 4, h, w)``; the start of the x_T term when ``objective.start_from == "lr"``.
         noise: ``(3, B, 4, h, w)``: epsilon of the three noisings (drawn when ``None``).
         timesteps: ``(B,)`` for the epsilon term, in ``[0, round(1000 t_max))`` (drawn when ``None``).
 
-    Terms: ``eps`` = MSE(eps_fn(x_t, t), eps1) with x_t = add_noise(z, eps1, t);
+    Terms: ``eps`` = MSE(model_fn(x_t, t), target) with x_t = add_noise(z, eps1, t), target = eps1 for
+    epsilon prediction (the reference), v = sqrt(abar) eps1 - sqrt(1 - abar) z for v prediction;
     ``x0`` = MSE(x0_T, z) with x0_T = predict_x0 at T = start_timestep from add_noise(start, eps2, T);
     ``x0_renoised`` = MSE(x0_tau, z) with x0_tau = predict_x0 at tau = round(1000 t_max) from
     add_noise(x0_T, eps3, tau). x0_T is not detached: the last term trains through both passes.
@@ -63,18 +66,19 @@ def stage1_losses(
     total = z.new_zeros(())
     if w_eps > 0:
         x_t = add_noise(z, noise[0], timesteps, alphas_cumprod)
-        terms["eps"] = F.mse_loss(eps_fn(x_t, timesteps).float(), noise[0].float())
+        target = training_target(z, noise[0], timesteps, alphas_cumprod, prediction_type)
+        terms["eps"] = F.mse_loss(model_fn(x_t, timesteps).float(), target)
         total = total + w_eps * terms["eps"]
     if w_x0 > 0 or w_re > 0:
         start = z if objective.start_from == "gt" else c.float()
         x_big_t = add_noise(start, noise[1], big_t, alphas_cumprod)
-        x0_big_t = predict_x0(x_big_t, eps_fn(x_big_t, big_t), big_t, alphas_cumprod)
+        x0_big_t = predict_x0(x_big_t, model_fn(x_big_t, big_t), big_t, alphas_cumprod, prediction_type)
         if w_x0 > 0:
             terms["x0"] = F.mse_loss(x0_big_t, z)
             total = total + w_x0 * terms["x0"]
         if w_re > 0:
             x_tau = add_noise(x0_big_t, noise[2], tau, alphas_cumprod)
-            x0_tau = predict_x0(x_tau, eps_fn(x_tau, tau), tau, alphas_cumprod)
+            x0_tau = predict_x0(x_tau, model_fn(x_tau, tau), tau, alphas_cumprod, prediction_type)
             terms["x0_renoised"] = F.mse_loss(x0_tau, z)
             total = total + w_re * terms["x0_renoised"]
     terms["loss"] = total
@@ -146,10 +150,17 @@ class Stage1Step(TrainStep):
         lq = self.degrade(gt)
         z, c = self.encode(gt), self.encode(lq)
 
-        def eps_fn(x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-            return predict_eps(self.unet, self.controlnet, x_t, t, self.text_embedding, c)
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+            return denoise(self.unet, self.controlnet, x_t, t, self.text_embedding, c)
 
-        terms = stage1_losses(eps_fn, z, c, self.alphas_cumprod, self.objective)
+        terms = stage1_losses(
+            model_fn,
+            z,
+            c,
+            self.alphas_cumprod,
+            self.objective,
+            prediction_type=self.scheduler.config.prediction_type,
+        )
         loss = terms.pop("loss")
         return StepOutput({"controlnet": loss}, {f"term/{k}": float(v.detach()) for k, v in terms.items()})
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
-from ccsr.denoiser import predict_eps
+from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
 from ccsr.schedule import CCSRSchedule, make_schedule
 from ccsr.training.gan_losses import hinge_discriminator_loss, hinge_generator_loss
@@ -71,19 +71,18 @@ def sample_clean_latent(
     DDPM variance) come from ``generator`` in the pipeline's order. Returns float32 ``(B, 4, h, w)``.
     """
     alphas = scheduler.alphas_cumprod
+    kind = scheduler.config.prediction_type
     cfg = guidance_scale > 1.0
     if cfg and negative_text is None:
         raise ValueError(f"guidance_scale={guidance_scale} > 1 needs negative_text")
 
-    def eps_at(x: torch.Tensor, t: int, guided: bool, emb: torch.Tensor) -> torch.Tensor:
+    def model_at(x: torch.Tensor, t: int, guided: bool, emb: torch.Tensor) -> torch.Tensor:
         if not guided:
-            return predict_eps(unet, controlnet, x, t, emb, z_lr).float()
+            return denoise(unet, controlnet, x, t, emb, z_lr).float()
         n = x.shape[0]
         both = torch.cat([negative_text.expand(n, -1, -1), text.expand(n, -1, -1)])
         e_neg, e_pos = (
-            predict_eps(unet, controlnet, torch.cat([x, x]), t, both, torch.cat([z_lr, z_lr]))
-            .float()
-            .chunk(2)
+            denoise(unet, controlnet, torch.cat([x, x]), t, both, torch.cat([z_lr, z_lr])).float().chunk(2)
         )
         return e_neg + guidance_scale * (e_pos - e_neg)
 
@@ -92,9 +91,10 @@ def sample_clean_latent(
         # With guidance the reference conditions the extraction step on the *negative* prompt (spec §8.6).
         x0 = predict_x0(
             x,
-            eps_at(x, schedule.start_timestep, False, negative_text if cfg else text),
+            model_at(x, schedule.start_timestep, False, negative_text if cfg else text),
             schedule.start_timestep,
             alphas,
+            kind,
         )
         if schedule.loop:
             renoise = randn_tensor(tuple(x.shape), generator=generator, device=x.device, dtype=torch.float32)
@@ -102,11 +102,11 @@ def sample_clean_latent(
         else:
             x = x0
     for i, t in enumerate(schedule.loop):
-        eps = eps_at(x, t, cfg, text)
+        out = model_at(x, t, cfg, text)
         if schedule.final_x0 and i == len(schedule.loop) - 1:
-            x = predict_x0(x, eps, t, alphas)
+            x = predict_x0(x, out, t, alphas, kind)
         else:
-            x = scheduler.step(eps, t, x, generator=generator, return_dict=False)[0].float()
+            x = scheduler.step(out, t, x, generator=generator, return_dict=False)[0].float()
     return x
 
 
