@@ -245,3 +245,28 @@ def test_paired_validation_folders(tmp_path):
     Image.fromarray(skdata.astronaut()[:50, :45]).save(lr_dir / "a.jpg")
     with pytest.raises(ValueError, match="HR must be an integer multiple of LR"):
         PairedImageDataset(lr_dir, hr_dir)[0]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_clean_prob_mixes_plain_bicubic_images_into_the_batch(shared):
+    """clean_prob=1: every LR is the PIL-like bicubic x4 of its GT, resized back; 0.5 mixes both kinds;
+    0 draws exactly what the reference draws (the default stream is unchanged)."""
+    gt = _batch(96)
+    opts = [f"shared_resize={str(shared).lower()}"]
+    clean = RealESRGANDegradation(load_config(DegradationConfig, None, [*opts, "clean_prob=1.0"]))(gt, seed=3)
+    for i in range(len(gt)):
+        small = Image.fromarray((gt[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        small = small.resize((24, 24), Image.BICUBIC).resize((96, 96), Image.BICUBIC)
+        ref = torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255
+        assert (clean[i] - ref).abs().mean() < 2.5 / 255  # torch's antialiased bicubic vs PIL's
+    half = RealESRGANDegradation(load_config(DegradationConfig, None, [*opts, "clean_prob=0.5"]))
+    kinds = {
+        bool(torch.allclose(half(gt, seed=s)[i], clean[i], atol=1e-6)) for s in range(4) for i in range(4)
+    }
+    assert kinds == {True, False}
+    zero = RealESRGANDegradation(load_config(DegradationConfig, None, [*opts, "clean_prob=0.0"]))
+    assert torch.equal(
+        zero(gt, seed=3), RealESRGANDegradation(load_config(DegradationConfig, None, opts))(gt, seed=3)
+    )
+    with pytest.raises(ValueError, match=r"clean_prob=1.5 must be a probability"):
+        DegradationConfig(clean_prob=1.5)

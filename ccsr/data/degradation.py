@@ -206,6 +206,15 @@ class RealESRGANDegradation:
             x = F.interpolate(x, size=(h, w), mode=random.choice(_MODES))
         return x
 
+    def _clean(self, gt: torch.Tensor) -> torch.Tensor:
+        """Bicubic x``scale`` downsampling only (antialiased, as PIL), resized back bicubically as the
+        pipeline resizes an LR input."""
+        cfg, (h, w) = self.config, gt.shape[-2:]
+        x = F.interpolate(gt, size=(h // cfg.scale, w // cfg.scale), mode="bicubic", antialias=True)
+        if cfg.resize_back:
+            x = F.interpolate(x, size=(h, w), mode="bicubic")
+        return x.clamp(0, 1)
+
     @torch.no_grad()
     def __call__(self, gt: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         """Degrade ``gt`` ``(B, 3, H, W)`` in ``[0, 1]`` on its own device.
@@ -227,11 +236,16 @@ class RealESRGANDegradation:
             k1, k2, k3 = (k.to(gt.device) for k in self.sample_kernels(gt.shape[0]))
             if self.config.shared_resize:
                 out = self._degrade(gt, k1, k2, k3)
+                if self.config.clean_prob > 0:
+                    clean = torch.from_numpy(np.random.uniform(size=len(gt)) < self.config.clean_prob)
+                    out = torch.where(clean.to(gt.device).view(-1, 1, 1, 1), self._clean(gt), out)
             else:
                 # The reference degrades image by image, so each draws its own resize scale and mode.
                 out = torch.cat(
                     [
-                        self._degrade(gt[i : i + 1], k1[i : i + 1], k2[i : i + 1], k3[i : i + 1])
+                        self._clean(gt[i : i + 1])
+                        if self.config.clean_prob > 0 and np.random.uniform() < self.config.clean_prob
+                        else self._degrade(gt[i : i + 1], k1[i : i + 1], k2[i : i + 1], k3[i : i + 1])
                         for i in range(len(gt))
                     ]
                 )

@@ -100,6 +100,10 @@ class DegradationConfig:
     final_sinc_prob: float = 0.8  # sinc filter after resizing to GT / scale
     resize_back: bool = True  # LR resized back to the GT size (CCSR conditions at output resolution)
     shared_resize: bool = False  # true: one resize draw per batch (Real-ESRGAN); false: per image (CCSR)
+    # Probability that an image skips the degradation and is only bicubic-downsampled (antialiased)
+    # by ``scale`` (and bicubic-resized back): the clean x4 case, which a model trained only on
+    # Real-ESRGAN's degradations over-smooths. 0 = the reference (no extra random draw at all).
+    clean_prob: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.scale >= 1, f"scale={self.scale} must be >= 1")
@@ -111,6 +115,7 @@ class DegradationConfig:
         _check(
             0.0 <= self.final_sinc_prob <= 1.0, f"final_sinc_prob={self.final_sinc_prob} must be in [0, 1]"
         )
+        _check(0.0 <= self.clean_prob <= 1.0, f"clean_prob={self.clean_prob} must be a probability in [0, 1]")
 
     def min_gt_size(self) -> int:
         """Smallest GT side the pipeline accepts: the blurs (on the GT, on the first-order output and the
