@@ -330,7 +330,7 @@ def _load_pipeline(cfg: UpscaleConfig, device, dtype_name: str):
         torch_dtype=dtype,
         allow_pickle=cfg.allow_pickle,
     )
-    return pipe.to(device)
+    return pipe.to(device).optimize(channels_last=cfg.channels_last, compile=cfg.compile)
 
 
 # ---------------------------------------------------------------------------------------------- end of run

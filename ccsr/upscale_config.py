@@ -60,6 +60,8 @@ class UpscaleConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 2
+    channels_last: bool = False  # speed only: not part of a run's settings (outputs equal up to rounding)
+    compile: bool = False
     quiet: bool = False
     log_jsonl: str | None = None
     report: bool = False

@@ -235,3 +235,28 @@ def test_bfloat16_runs_on_cpu(tiny_model_dir, photo):
     assert pipe.unet.dtype == torch.bfloat16 and pipe.controlnet.dtype == torch.bfloat16
     out = pipe(photo, 2, process_size=PS, generator=gen(0), output_type="pt").images
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(channels_last=True),
+        dict(compile=True, compile_backend="aot_eager"),  # dynamo + AOT autograd tracing, no C++ build
+        pytest.param(dict(compile=True), marks=pytest.mark.slow),  # inductor: ~4 min on a 2-core CPU
+    ],
+    ids=["channels_last", "compile-aot_eager", "compile-inductor"],
+)
+def test_speed_options_keep_the_output(tiny_model_dir, photo, options):
+    """channels_last and torch.compile change how the networks run, not what the pipeline computes."""
+    ref = CCSRPipeline.from_pretrained(tiny_model_dir)
+    expected = ref(photo, 2, process_size=PS, generator=gen(1), output_type="pt").images
+    fast = CCSRPipeline.from_pretrained(tiny_model_dir).optimize(**options)
+    if options.get("channels_last"):
+        assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert fast.vae.decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert (
+            fast.unet._compiled_call_impl is not None and type(fast.unet).__name__ == "UNet2DConditionModel"
+        )
+    out = fast(photo, 2, process_size=PS, generator=gen(1), output_type="pt").images
+    torch.testing.assert_close(out, expected, atol=2e-4, rtol=0)

@@ -122,6 +122,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--workers", type=int, default=2, help="reader and writer threads each (0: all in the main thread)"
     )
+    g.add_argument(
+        "--channels-last", action="store_true", help="NHWC weights for the networks (faster fp16 on CUDA)"
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the networks (slow first image per size, faster after; needs a C++ compiler on CPU)",
+    )
     g = parser.add_argument_group("output")
     g.add_argument(
         "--format",
@@ -171,7 +179,7 @@ def config_from_args(args: argparse.Namespace):
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
         "guidance_scale prompt negative_prompt scale process_size color_fix seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
-        "max_pixels workers quiet log_jsonl report report_gt"
+        "max_pixels workers channels_last compile quiet log_jsonl report report_gt"
     ).split()
     return UpscaleConfig(
         inputs=tuple(args.paths[:-1]),
