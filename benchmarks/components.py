@@ -3,15 +3,19 @@
     python benchmarks/components.py --model full --input 128 --steps 1 --repeats 3          # this CPU
     python benchmarks/components.py --model full --device cuda --dtype fp16 --input 128     # a GPU
     python benchmarks/components.py --model PATH_OR_REPO                                     # real weights
+    python benchmarks/components.py --model full --device cuda --dtype fp16 --channels-last --compile
 
 Timings are medians over ``--repeats`` after one warm-up call, with the machine named. The ratio is
 (total call time) / (sum of the network forwards timed alone on the same inputs): VAE encode,
-ControlNet, UNet, VAE decode. Peak memory: RSS on CPU, peak allocated on CUDA.
+ControlNet, UNet, VAE decode. Peak memory: RSS on CPU, peak allocated on CUDA. The CPU-side stages a
+folder run adds around the call (colour fix, PNG decode of the input and encode of the output) are
+timed too; ``ccsr upscale`` overlaps the PNG work with the networks (benchmarks/upscale_throughput.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import platform
 import resource
 import statistics
@@ -71,10 +75,14 @@ def main() -> None:
     ap.add_argument("--upscale", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--channels-last", action="store_true", help="CCSRPipeline.optimize(channels_last=True)")
+    ap.add_argument("--compile", action="store_true", help="CCSRPipeline.optimize(compile=True)")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.set_grad_enabled(False)
-    pipe = load(args.model, args.device, dtype)
+    pipe = load(args.model, args.device, dtype).optimize(
+        channels_last=args.channels_last, compile=args.compile
+    )
     rng = np.random.default_rng(0)
     lr = Image.fromarray(rng.integers(0, 255, (args.input, args.input, 3), dtype=np.uint8))
     gen = torch.Generator().manual_seed(0)
@@ -113,7 +121,31 @@ def main() -> None:
             device,
             args.repeats,
         ),
-        "vae decode": timed(lambda: pipe.vae.decode(z.to(pipe.vae.dtype) / 0.18215), device, args.repeats),
+        "vae decode": timed(
+            lambda: pipe.vae.decode(z.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor),
+            device,
+            args.repeats,
+        ),
+    }
+    from ccsr.color import apply_color_fix
+
+    sr = torch.rand(1, 3, side, side, device=device)
+    image = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    cpu_side = {
+        "colour fix (adain)": timed(
+            lambda: apply_color_fix(sr, canvas.float() / 2 + 0.5, "adain"), device, args.repeats
+        ),
+        "colour fix (wavelet)": timed(
+            lambda: apply_color_fix(sr, canvas.float() / 2 + 0.5, "wavelet"), device, args.repeats
+        ),
+        "PNG encode of the output": timed(
+            lambda: image.save(io.BytesIO(), format="PNG"), device, args.repeats
+        ),
+        "PNG decode of an input": timed(
+            lambda: Image.open(io.BytesIO(png.getvalue())).convert("RGB"), device, args.repeats
+        ),
     }
     nets = (
         parts["vae encode"]
@@ -129,7 +161,8 @@ def main() -> None:
         if device.type == "cuda"
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
-    print(f"machine: {name}; torch {torch.__version__}; model {args.model}; {args.dtype}")
+    opts = [o for o, on in (("channels_last", args.channels_last), ("compile", args.compile)) if on]
+    print(f"machine: {name}; torch {torch.__version__}; model {args.model}; {args.dtype} {' '.join(opts)}")
     print(
         f"input {args.input}x{args.input} -> {side}x{side}, steps {args.steps} (timesteps {out.timesteps}), median of {args.repeats}"
     )
@@ -138,6 +171,9 @@ def main() -> None:
     print(f"  {'networks (sum, per call)':32s} {nets:8.3f} s")
     print(f"  {'total pipeline call':32s} {total:8.3f} s")
     print(f"overhead ratio total/networks: {total / nets:.3f}   peak memory: {peak}")
+    print(f"around the call in a folder run ({side}x{side} output):")
+    for k, v in cpu_side.items():
+        print(f"  {k:32s} {v:8.3f} s")
 
 
 if __name__ == "__main__":
