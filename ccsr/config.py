@@ -243,6 +243,7 @@ class DataConfig:
     degradation: str | None = None  # yaml of Real-ESRGAN parameters; null: the reference values (spec §3.4)
     resolution: int = 512  # GT crop side; the reference hard-codes 512
     num_workers: int = 4  # DataLoader workers (the Dataset does no device work)
+    cache_mb: int = 0  # decoded training images kept in memory per worker (small data sets); 0: none
     val_lr: str | None = None  # paired validation folders (same file stems)
     val_hr: str | None = None
     val_max_images: int = 4  # validation images logged every train.validation_steps
@@ -254,6 +255,7 @@ class DataConfig:
             f"resolution={self.resolution} must be a positive multiple of 8",
         )
         _check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+        _check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
         _check(
             (self.val_lr is None) == (self.val_hr is None),
             "val_lr and val_hr go together: set both or neither",

@@ -204,6 +204,26 @@ def test_hq_dataset_skips_bad_files_once_with_a_count(hq_folder, caplog):
     assert not torch.equal(ds[3]["gt"], HQImageDataset([hq_folder], 96, seed=0)[3]["gt"])
 
 
+def test_hq_dataset_cache_gives_the_same_crops_without_rereading(hq_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "hq"
+    shutil.copytree(hq_folder, folder)
+    plain = HQImageDataset([folder], 96, seed=0)
+    cached = HQImageDataset([folder], 96, seed=0, cache_mb=64)
+    first = [cached[i]["gt"] for i in range(len(cached))]
+    assert all(torch.equal(a, plain[i]["gt"]) for i, a in enumerate(first))
+    for path in cached.files:  # every body is in memory now: the files are no longer needed
+        path.unlink()
+    cached.set_epoch(1)
+    plain_again = HQImageDataset([hq_folder], 96, seed=0)
+    plain_again.set_epoch(1)
+    assert all(torch.equal(cached[i]["gt"], plain_again[i]["gt"]) for i in range(len(cached)))
+    small = HQImageDataset([hq_folder], 96, seed=0, cache_mb=1)  # a budget below one 512x512 image
+    small[0]
+    assert small._cached == 0
+
+
 def test_list_file_and_missing_source(hq_folder, tmp_path):
     listing = tmp_path / "gt_paths.txt"
     listing.write_text(f"# HQ images\n{hq_folder / 'astronaut.png'}\n\n{hq_folder / 'sub' / 'rocket.bmp'}\n")

@@ -66,9 +66,19 @@ class HQImageDataset(Dataset):
     """Random ``resolution`` crops (and horizontal flips) of high-quality images: ``{"gt": (3, R, R)}``."""
 
     def __init__(
-        self, sources: Sequence[str | os.PathLike], resolution: int, seed: int = 0, flip: bool = True
+        self,
+        sources: Sequence[str | os.PathLike],
+        resolution: int,
+        seed: int = 0,
+        flip: bool = True,
+        cache_mb: int = 0,
     ) -> None:
+        """``cache_mb``: decoded images kept in memory (per DataLoader worker) up to this many MiB, so
+        that small crops of a few images do not decode the same file at every step; 0: none."""
         self.resolution, self.seed, self.flip, self.epoch = resolution, seed, flip, 0
+        self.cache_bytes = max(0, cache_mb) * 2**20
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached = 0
         candidates = list_image_files(sources)
         self.files: list[Path] = []
         skipped: list[str] = []
@@ -111,8 +121,14 @@ class HQImageDataset(Dataset):
         # A body that fails to decode (truncated file) is reported once and replaced by the next image.
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
+            if i in self._cache:
+                img = self._cache[i]
+                break
             try:
                 img = read_rgb(self.files[i])
+                if self._cached + img.nbytes <= self.cache_bytes:
+                    self._cache[i] = img
+                    self._cached += img.nbytes
                 break
             except ImageReadError as e:
                 if i not in self._failed:

@@ -118,7 +118,8 @@ def calibration_crops(dataset, n: int, seed: int) -> torch.Tensor:
 
 
 def build_vae(cfg: AutoencoderConfig) -> nn.Module:
-    """A random AutoencoderKL of ``cfg.model.arch`` (seeded), or the one in ``cfg.model.init``."""
+    """A random AutoencoderKL of ``cfg.model.arch`` (seeded; ``objective.init_logvar`` applied), or the
+    one in ``cfg.model.init``."""
     from diffusers import AutoencoderKL
 
     from ccsr.config import load_config
@@ -127,7 +128,11 @@ def build_vae(cfg: AutoencoderConfig) -> nn.Module:
     if cfg.model.init is not None:
         return AutoencoderKL.from_pretrained(cfg.model.init)
     spec = load_config(TinySpec, cfg.model.arch)
-    return build_tiny_components(spec, seed=cfg.model.init_seed)[2]
+    vae = build_tiny_components(spec, seed=cfg.model.init_seed)[2]
+    if cfg.objective.init_logvar is not None:
+        with torch.no_grad():  # quant_conv's output is (mean, logvar) along channels
+            vae.quant_conv.bias[spec.latent_channels :] = cfg.objective.init_logvar
+    return vae
 
 
 def run(cfg: AutoencoderConfig) -> TrainResult:
@@ -135,7 +140,9 @@ def run(cfg: AutoencoderConfig) -> TrainResult:
     from ccsr.data.datasets import HQImageDataset
 
     vae = build_vae(cfg)
-    data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
+    data = HQImageDataset(
+        cfg.data.train, cfg.data.resolution, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb
+    )
     crops = calibration_crops(data, cfg.objective.calibration_crops, cfg.train.seed)
     step = AutoencoderStep(vae, cfg.objective, crops)
     return train(

@@ -175,7 +175,9 @@ def run(cfg: BaseConfig) -> TrainResult:
     from ccsr.data.datasets import HQImageDataset
 
     step = build_step(cfg)
-    data = HQImageDataset(cfg.data.train, cfg.data.resolution, seed=cfg.train.seed)
+    data = HQImageDataset(
+        cfg.data.train, cfg.data.resolution, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb
+    )
     return train(
         step,
         data,

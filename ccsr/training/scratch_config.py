@@ -25,6 +25,7 @@ class ImageDataConfig:
     train: tuple[str, ...]  # image folders and/or list files (one path per line; repeats allowed)
     resolution: int = 256  # crop side in pixels; a multiple of the VAE's downsampling factor
     num_workers: int = 2
+    cache_mb: int = 0  # decoded training images kept in memory per worker (small data sets); 0: none
 
     def __post_init__(self) -> None:
         _check(len(self.train) > 0, "train: give at least one image folder or list file")
@@ -33,6 +34,7 @@ class ImageDataConfig:
             f"resolution={self.resolution} must be a positive multiple of 8",
         )
         _check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+        _check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,16 @@ class AutoencoderObjective:
     reconstruction: Literal["l1", "l2"] = "l1"
     kl_weight: float = 1e-6
     calibration_crops: int = 32  # training crops (fixed, seeded) over which std(z) is measured at export
+    # Bias of the encoder's log-variance outputs at a random init. diffusers' init gives log-variance
+    # ~0, so the sampled latent starts as unit noise over a near-zero mean and the decoder first
+    # learns to ignore it; -10 (std 0.007) lets it learn from the image at once. null: leave the init.
+    init_logvar: float | None = None
 
     def __post_init__(self) -> None:
+        _check(
+            self.init_logvar is None or -30 <= self.init_logvar <= 20,
+            f"init_logvar={self.init_logvar} must be in [-30, 20] (diffusers clamps there)",
+        )
         _check(self.kl_weight >= 0, f"kl_weight={self.kl_weight} must be >= 0")
         _check(self.calibration_crops >= 1, f"calibration_crops={self.calibration_crops} must be >= 1")
 
