@@ -224,6 +224,25 @@ def test_hq_dataset_cache_gives_the_same_crops_without_rereading(hq_folder, tmp_
     assert small._cached == 0
 
 
+def test_persistent_workers_draw_each_epoch_s_crops(hq_folder):
+    """The loop's sampler puts the epoch in the index, so workers that live across epochs (they never
+    see set_epoch) give exactly the crops set_epoch gives."""
+    from torch.utils.data import DataLoader
+
+    from ccsr.training.loop import EpochSampler
+
+    ds = HQImageDataset([hq_folder], 96, seed=0, cache_mb=64)
+    sampler = EpochSampler(len(ds), seed=1, epoch_in_index=True)
+    loader = DataLoader(ds, batch_size=len(ds), sampler=sampler, num_workers=1, persistent_workers=True)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        (batch,) = list(loader)
+        order = np.random.default_rng((1, epoch)).permutation(len(ds))
+        ref = HQImageDataset([hq_folder], 96, seed=0)
+        ref.set_epoch(epoch)
+        assert torch.equal(batch["gt"], torch.stack([ref[int(i)]["gt"] for i in order])), epoch
+
+
 def test_list_file_and_missing_source(hq_folder, tmp_path):
     listing = tmp_path / "gt_paths.txt"
     listing.write_text(f"# HQ images\n{hq_folder / 'astronaut.png'}\n\n{hq_folder / 'sub' / 'rocket.bmp'}\n")

@@ -63,7 +63,14 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 class HQImageDataset(Dataset):
-    """Random ``resolution`` crops (and horizontal flips) of high-quality images: ``{"gt": (3, R, R)}``."""
+    """Random ``resolution`` crops (and horizontal flips) of high-quality images: ``{"gt": (3, R, R)}``.
+
+    The crop of item ``i`` depends on ``(seed, epoch, i)`` only. The epoch is ``set_epoch``'s, or the
+    index's when the index is ``epoch * len(self) + i`` (what the training loop's sampler passes, so
+    that DataLoader workers can persist across epochs).
+    """
+
+    EPOCH_IN_INDEX = True
 
     def __init__(
         self,
@@ -117,7 +124,8 @@ class HQImageDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        epoch, index = divmod(index, len(self.files)) if index >= len(self.files) else (self.epoch, index)
+        rng = np.random.default_rng((self.seed, epoch, index))
         # A body that fails to decode (truncated file) is reported once and replaced by the next image.
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)

@@ -104,16 +104,23 @@ def weight_dtype(accelerator) -> torch.dtype:
 
 class EpochSampler(Sampler[int]):
     """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``: the same in every process
-    (accelerate shards the batches) and the same after a resume."""
+    (accelerate shards the batches) and the same after a resume.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    ``epoch_in_index``: yield ``epoch * n + i`` instead of ``i``, for datasets that read their epoch
+    from the index (``EPOCH_IN_INDEX = True``): their DataLoader workers can then live across epochs
+    (a dataset copy inside a worker never sees ``set_epoch``).
+    """
+
+    def __init__(self, n: int, seed: int, epoch_in_index: bool = False) -> None:
+        self.n, self.seed, self.epoch, self.epoch_in_index = n, seed, 0, epoch_in_index
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng((self.seed, self.epoch)).permutation(self.n).tolist())
+        offset = self.epoch * self.n if self.epoch_in_index else 0
+        perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) + offset
+        return iter(perm.tolist())
 
     def __len__(self) -> int:
         return self.n
@@ -231,13 +238,17 @@ def train(
         )
         for k, opt in optimizers.items()
     }
-    sampler = EpochSampler(len(train_dataset), cfg.seed)
+    # Workers that outlive an epoch keep their state (decoded-image cache) and skip a respawn per epoch,
+    # which costs seconds when an epoch is a handful of steps; only for datasets whose epoch is in the index.
+    epoch_in_index = bool(getattr(train_dataset, "EPOCH_IN_INDEX", False))
+    sampler = EpochSampler(len(train_dataset), cfg.seed, epoch_in_index)
     loader = DataLoader(
         train_dataset,
         batch_size=cfg.batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=num_workers,
+        persistent_workers=epoch_in_index and num_workers > 0,
         # Own generator: worker seeding must not consume the global RNG that resume restores.
         generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=accelerator.device.type == "cuda",
