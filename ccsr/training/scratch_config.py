@@ -75,7 +75,8 @@ class AutoencoderObjective:
 
 @dataclass(frozen=True)
 class BaseObjective:
-    """Epsilon-MSE on ``t ~ U{0, ..., 999}`` of the SD-2.1 DDPM schedule, text = one of ``prompts``.
+    """MSE to the scheduler's target (epsilon, or v for ccsr-tiny) on ``t ~ U{0, ..., 999}`` of the SD-2.1
+    DDPM schedule, text = one of ``prompts``.
 
     The reference's prior (SD-2.1) is text-conditioned; CCSR trains and runs it with fixed prompts.
     Drawing the prompt per sample from the few CCSR uses (empty caption, the inference prompt and the
