@@ -117,6 +117,11 @@ class HQImageDataset(Dataset):
             )
         self._failed: set[int] = set()
 
+    @classmethod
+    def from_config(cls, data, seed: int) -> HQImageDataset:
+        """The training images of a stage's ``data`` config (``train``, ``resolution``, ``cache_mb``)."""
+        return cls(data.train, data.resolution, seed=seed, cache_mb=data.cache_mb)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

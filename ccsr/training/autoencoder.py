@@ -140,9 +140,7 @@ def run(cfg: AutoencoderConfig) -> TrainResult:
     from ccsr.data.datasets import HQImageDataset
 
     vae = build_vae(cfg)
-    data = HQImageDataset(
-        cfg.data.train, cfg.data.resolution, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb
-    )
+    data = HQImageDataset.from_config(cfg.data, cfg.train.seed)
     crops = calibration_crops(data, cfg.objective.calibration_crops, cfg.train.seed)
     step = AutoencoderStep(vae, cfg.objective, crops)
     return train(

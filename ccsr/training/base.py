@@ -175,9 +175,7 @@ def run(cfg: BaseConfig) -> TrainResult:
     from ccsr.data.datasets import HQImageDataset
 
     step = build_step(cfg)
-    data = HQImageDataset(
-        cfg.data.train, cfg.data.resolution, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb
-    )
+    data = HQImageDataset.from_config(cfg.data, cfg.train.seed)
     return train(
         step,
         data,

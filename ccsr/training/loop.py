@@ -399,9 +399,7 @@ def train_sr_stage(build_step: Callable[[], TrainStep], cfg: Any, project_name: 
 
     set_seed(cfg.train.seed)  # the same initial weights in every process and on every restart
     step = build_step()
-    train_data = HQImageDataset(
-        cfg.data.train, cfg.data.resolution, seed=cfg.train.seed, cache_mb=cfg.data.cache_mb
-    )
+    train_data = HQImageDataset.from_config(cfg.data, cfg.train.seed)
     val_data = None
     if cfg.data.val_lr is not None:
         val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
