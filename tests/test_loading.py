@@ -95,6 +95,18 @@ def test_config_without_vae_condition_flag_is_refused(tiny_model_dir, tmp_path):
         load_ccsr_controlnet(root / "controlnet")
 
 
+def test_float16_controlnet_file_loads_in_the_dtype_asked_for(tiny_model_dir, tmp_path):
+    """A release stored in float16 (ccsr-tiny's) is upcast, not handed back in the file's dtype."""
+    root = _copy(tiny_model_dir, tmp_path)
+    wpath = root / "controlnet" / WEIGHTS_NAME
+    stored = load_file(wpath)
+    save_file({k: v.half() for k, v in stored.items()}, wpath)
+    for dtype in (torch.float32, torch.bfloat16):
+        model = load_ccsr_controlnet(root / "controlnet", torch_dtype=dtype)
+        assert {p.dtype for p in model.parameters()} == {dtype}
+    assert {p.dtype for p in load_ccsr_controlnet(root / "controlnet").parameters()} == {torch.float16}
+
+
 def test_mismatched_weights_are_refused(tiny_model_dir, tmp_path):
     root = _copy(tiny_model_dir, tmp_path)
     wpath = root / "controlnet" / WEIGHTS_NAME

@@ -151,6 +151,7 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
         "--set", f"overrides.all=[{common}]",
         "--set", f"overrides.autoencoder=[model.arch={arch}]",
         "--set", f"overrides.base=[model.arch={arch}]",
+        "--set", "release_dtype=float16",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -166,21 +167,22 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
     timings = json.loads((out / "recipe_timings.json").read_text())
     assert sorted(timings) == ["autoencoder", "base", "stage1", "stage2"]
 
-    # The release is the stage-2 decoder on the stage-1 ControlNet and the base model.
+    # The release is the stage-2 decoder on the stage-1 ControlNet and the base model, stored in float16.
     from safetensors.torch import load_file
 
     st = "diffusion_pytorch_model.safetensors"
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(
-            load_file(release / "vae" / st).values(), load_file(out / "stage2" / "vae" / st).values()
-        )
-    )
-    assert load_file(release / "vae" / st).keys() == load_file(out / "stage2" / "vae" / st).keys()
+    released, trained = load_file(release / "vae" / st), load_file(out / "stage2" / "vae" / st)
+    assert released.keys() == trained.keys()
+    assert all(released[k].dtype == torch.float16 for k in released)
+    assert all(torch.equal(released[k], trained[k].half()) for k in released)
+    for part in ("unet", "controlnet"):
+        assert {t.dtype for t in load_file(release / part / st).values()} == {torch.float16}
 
     from ccsr.pipeline import CCSRPipeline
 
-    pipe = CCSRPipeline.from_pretrained(release)
+    pipe = CCSRPipeline.from_pretrained(release)  # upcast to float32 on load, every component
+    for net in (pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder):
+        assert {p.dtype for p in net.parameters()} == {torch.float32}
     lr = Image.fromarray(tiny_data.heldout_crops(256)["chelsea_00"][::8, ::8].copy())
     sr = pipe(lr, steps=1, upscale=4, process_size=128, generator=torch.Generator().manual_seed(0)).images[0]
     assert sr.size == (128, 128)

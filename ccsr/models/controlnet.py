@@ -158,7 +158,8 @@ def load_ccsr_controlnet(
             )
     model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
-    return model.to(torch_dtype) if torch_dtype not in (None, torch.float32) else model
+    # assign=True keeps the file's dtype: a float16 release asked for in float32 is upcast here.
+    return model.to(torch_dtype) if torch_dtype is not None else model
 
 
 def _disk(name: str) -> str:

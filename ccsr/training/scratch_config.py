@@ -146,12 +146,16 @@ class StageOverrides:
     stage2: tuple[str, ...] = ()
 
 
+RELEASE_DTYPES = ("float32", "float16")
+
+
 @dataclass(frozen=True)
 class RecipeConfig:
     """``configs/tiny/recipe.yaml``: data -> autoencoder -> base UNet -> stage 1 -> stage 2 -> export."""
 
     output_dir: str = "runs/ccsr-tiny"  # one sub-folder per stage, data/ and the release
     release_dir: str | None = None  # where the single-folder model goes; null: output_dir/ccsr-tiny
+    release_dtype: str = "float32"  # float32 or float16 storage of the release (loaders upcast to float32)
     stages: StageFiles = field(default_factory=StageFiles)
     overrides: StageOverrides = field(default_factory=StageOverrides)
     train_min_side: int = 128  # training copies smaller than this are not written (= the crop side)
@@ -159,3 +163,7 @@ class RecipeConfig:
 
     def __post_init__(self) -> None:
         _check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
+        _check(
+            self.release_dtype in RELEASE_DTYPES,
+            f"release_dtype={self.release_dtype!r} must be one of {RELEASE_DTYPES}",
+        )

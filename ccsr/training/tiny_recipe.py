@@ -65,9 +65,12 @@ def stage_overrides(
     }
 
 
-def export_release(root: Path, release: Path) -> Path:
+def export_release(root: Path, release: Path, dtype: str = "float32") -> Path:
     """Assemble base model + stage-1 ControlNet + stage-2 VAE into one folder (``layout="single"``),
-    written beside ``release`` and renamed into place; every component reloads strictly first."""
+    written beside ``release`` and renamed into place; every component reloads strictly first.
+    ``dtype="float16"`` halves the files (training and inference stay float32: loaders upcast)."""
+    import torch
+
     from ccsr.models.loading import load_components
     from ccsr.models.tiny import save_release_layout
     from ccsr.training.checkpoint import replace_dir_atomically
@@ -76,6 +79,7 @@ def export_release(root: Path, release: Path) -> Path:
         root / "base" / EXPORTS["base"],
         controlnet=root / "stage1" / EXPORTS["stage1"],
         vae=root / "stage2" / EXPORTS["stage2"],
+        torch_dtype=getattr(torch, dtype),
     )
     comps = (parts.unet, parts.controlnet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler)
     release.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,7 @@ def run(cfg: RecipeConfig) -> TrainResult:
         logger.info("tiny-recipe: %s done in %.0f s (%d steps)", name, timings[name], result.global_step)
 
     release = Path(cfg.release_dir) if cfg.release_dir is not None else root / "ccsr-tiny"
-    export_release(root, release)
+    export_release(root, release, cfg.release_dtype)
     log = root / "recipe_timings.json"
     previous = json.loads(log.read_text()) if log.is_file() else {}
     log.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
