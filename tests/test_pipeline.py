@@ -48,6 +48,25 @@ def test_same_seed_same_output_different_seeds_differ(tiny_pipe, photo):
         assert not torch.equal(a, c)
 
 
+def test_float16_decode_that_overflows_is_redone_in_float32(tiny_model_dir):
+    """The VAE decoder safe in fp16: inf / NaN from a half-precision decode is never returned."""
+    from ccsr.pipeline import CCSRPipeline
+
+    pipe = CCSRPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.float16)
+    with torch.no_grad():  # activations past float16's 65504 inside the decoder
+        pipe.vae.decoder.conv_in.weight.mul_(3e4)
+    latents = torch.randn(1, pipe.vae.config.latent_channels, 8, 8, generator=gen(0))
+    z = latents / pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        assert not torch.isfinite(pipe.vae.decode(z.half(), return_dict=False)[0]).all()
+        out = pipe._decode(latents)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert pipe.vae.dtype == torch.float16  # put back for the next image
+    with torch.no_grad():
+        reference = pipe.vae.float().decode(z, return_dict=False)[0].div(2).add(0.5).clamp(0, 1)
+    torch.testing.assert_close(out, reference)
+
+
 @pytest.mark.parametrize(
     "steps,guidance,expected",
     [(1, None, (999,)), (2, None, (999, 499)), (3, None, (999, 582, 499)), (2, 1.0, (999, 499))],
