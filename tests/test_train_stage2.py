@@ -295,7 +295,8 @@ def test_training_latent_is_computed_exactly_as_inference(assets, tiny_pipe, pho
     torch.testing.assert_close(mine, ref.images, rtol=0, atol=0)
 
 
-def test_l1_reconstruction_and_post_quant_conv_follow_the_config(assets, tmp_path):
+def test_l1_ssim_and_post_quant_conv_follow_the_config(assets, tmp_path):
+    from ccsr.training.ssim import ssim_loss
     from ccsr.training.stage2 import Stage2Step
 
     cfg = make_cfg(
@@ -303,6 +304,7 @@ def test_l1_reconstruction_and_post_quant_conv_follow_the_config(assets, tmp_pat
         tmp_path,
         "objective.weight_lpips=0",
         "objective.reconstruction=l1",
+        "objective.weight_ssim=0.5",
         "objective.trainable=[decoder, post_quant_conv]",
     )
     step = Stage2Step(cfg)
@@ -319,10 +321,14 @@ def test_l1_reconstruction_and_post_quant_conv_follow_the_config(assets, tmp_pat
         z = step.clean_latent(lq)
         img = vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1)
     expected = (img - (batch["gt"] * 2 - 1)).abs().mean().item()
+    expected_ssim = ssim_loss(img, batch["gt"] * 2 - 1).item()
+    assert 0 < expected_ssim < 1
     torch.manual_seed(3)
     out = step(batch, global_step=0)
     assert out.logs["loss/reconstruction"] == pytest.approx(expected, rel=1e-6)
-    assert out.losses["generator"].item() == pytest.approx(expected, rel=1e-6)  # no LPIPS, GAN not yet on
+    assert out.logs["loss/ssim"] == pytest.approx(expected_ssim, rel=1e-5)
+    # No LPIPS, GAN not yet on.
+    assert out.losses["generator"].item() == pytest.approx(expected + 0.5 * expected_ssim, rel=1e-5)
 
 
 def test_lpips_trunk_is_read_from_the_local_file(assets):
@@ -473,3 +479,28 @@ def test_two_processes_train_in_sync_under_ddp(assets, tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [("loss/g_adv" in h) for h in history] == [False, True]
+
+
+def test_ssim_loss_agrees_with_the_evaluation_metric_and_has_a_gradient():
+    pyiqa = pytest.importorskip("pyiqa")
+    from skimage import data
+
+    from ccsr.training.ssim import ssim, ssim_loss
+
+    gt = torch.from_numpy(data.astronaut()[:96, :96].copy()).permute(2, 0, 1)[None].double() / 255
+    # uint8-valued inputs: pyiqa rounds to uint8 levels, so the two agree exactly only there.
+    noisy = (
+        (gt + 0.05 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1) * 255
+    ).round() / 255
+    metric = pyiqa.create_metric("ssim", device="cpu", test_y_channel=True, color_space="ycbcr")
+    reference = float(metric(noisy.float(), gt.float()))
+    mine = 1 - ssim_loss(noisy * 2 - 1, gt * 2 - 1).item()
+    assert 0.3 < reference < 0.95
+    assert mine == pytest.approx(reference, abs=2e-3)  # the metric rounds the luma to uint8 levels
+    assert ssim_loss(gt * 2 - 1, gt * 2 - 1).item() == pytest.approx(0.0, abs=1e-6)
+
+    x = (noisy * 2 - 1).float().requires_grad_(True)
+    ssim_loss(x, gt.float() * 2 - 1).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))

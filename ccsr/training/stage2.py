@@ -291,6 +291,12 @@ class Stage2Step(TrainStep):
             lp = self.lpips(img, gt).mean()
             loss_g = loss_g + obj.weight_lpips * lp
             logs["loss/lpips"] = float(lp.detach())
+        if obj.weight_ssim > 0:
+            from ccsr.training.ssim import ssim_loss
+
+            ss = ssim_loss(img, gt)
+            loss_g = loss_g + obj.weight_ssim * ss
+            logs["loss/ssim"] = float(ss.detach())
         if self.gan_active(global_step):
             # The bare module, frozen: no gradient from L_G may reach the heads, and DDP must not see this pass.
             with frozen(disc):

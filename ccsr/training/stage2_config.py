@@ -68,8 +68,8 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Stage2Objective:
-    """``L_G = w_rec * rec + w_lpips * LPIPS + w_gan * hinge_G`` (the last only once the GAN is on);
-    ``L_D = w_disc * hinge_D``. Reference: 1.0, 1.0, 0.05, 0.5, begin 100."""
+    """``L_G = w_rec * rec + w_lpips * LPIPS + w_ssim * (1 - SSIM_Y) + w_gan * hinge_G`` (the GAN term only
+    once the GAN is on); ``L_D = w_disc * hinge_D``. Reference: 1.0, 1.0, 0 (no SSIM term), 0.05, 0.5, begin 100."""
 
     trainable: tuple[str, ...] = (
         "decoder",
@@ -77,6 +77,7 @@ class Stage2Objective:
     reconstruction: Literal["l1", "l2"] = "l2"  # the reference's MSE; the authors also mention L1 (issue #27)
     weight_reconstruction: float = 1.0
     weight_lpips: float = 1.0  # 0 turns LPIPS off (and does not load it)
+    weight_ssim: float = 0.0  # 1 - SSIM on the luma channel; not in the reference (ccsr.training.ssim)
     weight_gan: float = 0.05  # generator's hinge term
     weight_discriminator: float = 0.5  # discriminator's hinge loss
     begin_disc: int = 100  # the generator's GAN term is off while global_step <= begin_disc (reference rule)
@@ -88,14 +89,20 @@ class Stage2Objective:
             f"trainable={list(self.trainable)}: choose from {list(TRAINABLE_VAE_PARTS)} (the encoder and "
             "quant_conv produce the LR latent the stage-1 model was trained on and stay frozen)",
         )
-        weights = (self.weight_reconstruction, self.weight_lpips, self.weight_gan, self.weight_discriminator)
+        weights = (
+            self.weight_reconstruction,
+            self.weight_lpips,
+            self.weight_ssim,
+            self.weight_gan,
+            self.weight_discriminator,
+        )
         _check(all(w >= 0 for w in weights), f"loss weights {weights} must be >= 0")
         _check(
             self.weight_discriminator > 0, "weight_discriminator must be > 0: the discriminator needs a loss"
         )
         _check(
-            self.weight_reconstruction + self.weight_lpips + self.weight_gan > 0,
-            "the generator needs a loss: weight_reconstruction, weight_lpips and weight_gan are all 0",
+            self.weight_reconstruction + self.weight_lpips + self.weight_ssim + self.weight_gan > 0,
+            "the generator needs a loss: weight_reconstruction, weight_lpips, weight_ssim and weight_gan are all 0",
         )
         _check(self.begin_disc >= 0, f"begin_disc={self.begin_disc} must be >= 0")
 
