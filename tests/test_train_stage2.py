@@ -488,7 +488,7 @@ def test_ssim_loss_agrees_with_the_evaluation_metric_and_has_a_gradient():
     from ccsr.training.ssim import ssim, ssim_loss
 
     gt = torch.from_numpy(data.astronaut()[:96, :96].copy()).permute(2, 0, 1)[None].double() / 255
-    # uint8-valued inputs: pyiqa rounds to uint8 levels, so the two agree exactly only there.
+    # uint8-valued RGB, as files hold; pyiqa also rounds the luma to uint8 levels, hence the tolerance below.
     noisy = (
         (gt + 0.05 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1) * 255
     ).round() / 255
@@ -496,7 +496,7 @@ def test_ssim_loss_agrees_with_the_evaluation_metric_and_has_a_gradient():
     reference = float(metric(noisy.float(), gt.float()))
     mine = 1 - ssim_loss(noisy * 2 - 1, gt * 2 - 1).item()
     assert 0.3 < reference < 0.95
-    assert mine == pytest.approx(reference, abs=2e-3)  # the metric rounds the luma to uint8 levels
+    assert mine == pytest.approx(reference, abs=2e-3)
     assert ssim_loss(gt * 2 - 1, gt * 2 - 1).item() == pytest.approx(0.0, abs=1e-6)
 
     x = (noisy * 2 - 1).float().requires_grad_(True)
