@@ -61,6 +61,8 @@ class CCSRPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self._prompt_cache: dict[tuple, torch.Tensor] = {}
+        #: what ``color_fix=None`` means: the loaded folder's ``inference_defaults.json``, else adain
+        self.default_color_fix = "adain"
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -76,7 +78,7 @@ class CCSRPipeline(DiffusionPipeline):
     ) -> CCSRPipeline:
         """Load from the official release layout, a single folder, or a Hub repo id (see
         :mod:`ccsr.models.loading`). ``base``/``controlnet``/``vae`` override single components."""
-        from ccsr.models.loading import load_components
+        from ccsr.models.loading import load_components, recommended_color_fix
 
         c = load_components(
             pretrained_model_name_or_path,
@@ -88,11 +90,13 @@ class CCSRPipeline(DiffusionPipeline):
         )
         pipe = cls(c.unet, c.controlnet, c.vae, c.text_encoder, c.tokenizer, c.scheduler)
         pipe.component_paths = c.paths
+        pipe.default_color_fix = recommended_color_fix(c.paths.root)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: object) -> None:
         """Write the single-folder layout (``unet/ vae/ controlnet/ text_encoder/ tokenizer/ scheduler/``)."""
         from ccsr.models.controlnet import save_ccsr_controlnet
+        from ccsr.models.loading import DEFAULT_COLOR_FIX, write_inference_defaults
 
         root = os.fspath(save_directory)
         os.makedirs(root, exist_ok=True)
@@ -102,6 +106,8 @@ class CCSRPipeline(DiffusionPipeline):
         self.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(root, "scheduler"))
         save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"))
+        if self.default_color_fix != DEFAULT_COLOR_FIX:
+            write_inference_defaults(root, self.default_color_fix)
 
     # ------------------------------------------------------------------ speed
     def optimize(
@@ -207,7 +213,7 @@ class CCSRPipeline(DiffusionPipeline):
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
         upscale: int = 4,
         process_size: int = 512,
-        color_fix: str = "adain",
+        color_fix: str | None = None,
         start_timestep: int = DEFAULT_START_TIMESTEP,
         start_point: Literal["lr", "noise"] = "lr",
         initial_prompt: InitialPrompt = "reference",
@@ -229,7 +235,8 @@ class CCSRPipeline(DiffusionPipeline):
                 (:func:`ccsr.schedule.preset_for_steps`). ``num_inference_steps``, ``t_max``, ``t_min``
                 and ``guidance_scale`` override the preset (the reference's knobs).
             upscale, process_size: the reference's resize plan (:func:`ccsr.image.plan_resize`).
-            color_fix: ``"adain"`` (reference default), ``"wavelet"`` or ``"none"``.
+            color_fix: ``"adain"`` (reference), ``"wavelet"`` or ``"none"``; ``None``: the model's
+                recommendation (:attr:`default_color_fix`: its ``inference_defaults.json``, else adain).
             start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
             initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
                 ``"reference"`` uses the negative prompt (as the published code and results),
@@ -252,6 +259,8 @@ class CCSRPipeline(DiffusionPipeline):
             raise ValueError(
                 f"images in one call must share a size, got {sorted({im.size for im in images})}"
             )
+        if color_fix is None:
+            color_fix = self.default_color_fix
         if color_fix not in COLOR_FIXES and color_fix != "nofix":
             raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
         if start_point not in ("lr", "noise"):

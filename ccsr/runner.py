@@ -167,7 +167,7 @@ def run_upscale(cfg: UpscaleConfig) -> int:
 
 # ---------------------------------------------------------------------------------------------- planning
 def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Failure], dict, str, list[str]]:
-    from ccsr.models.loading import resolve_paths
+    from ccsr.models.loading import recommended_color_fix, resolve_paths
     from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
     from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
 
@@ -199,6 +199,7 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
     try:
         root = resolve_model_root(cfg.model)
         paths = resolve_paths(root, cfg.base, cfg.controlnet, cfg.vae)
+        color_fix = cfg.color_fix or recommended_color_fix(paths.root)
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
     identity = model_identity(paths.as_dict())
@@ -227,7 +228,7 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
             else cfg.negative_prompt,
             "scale": cfg.scale,
             "process_size": cfg.process_size,
-            "color_fix": cfg.color_fix,
+            "color_fix": color_fix,
             "precision": dtype_name,
             "tiling": cfg.tiling_settings(),
             "format": cfg.output_format,

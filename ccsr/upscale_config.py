@@ -1,7 +1,8 @@
 """Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
 
 Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
-x4, process size 512, AdaIN colour fix, the reference prompts (``None`` = the pipeline's defaults).
+x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix
+defaults to the model's recommendation (``inference_defaults.json`` in its folder), else AdaIN.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class UpscaleConfig:
     # image
     scale: int = 4
     process_size: int = 512
-    color_fix: str = "adain"
+    color_fix: str | None = None  # None: the model folder's recommendation, else "adain" (reference)
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
@@ -90,7 +91,10 @@ class UpscaleConfig:
         need(self.samples >= 1, f"--samples {self.samples} must be >= 1")
         need(self.scale >= 1, f"--scale {self.scale} must be a positive integer")
         need(self.process_size >= 0, f"--process-size {self.process_size} must be >= 0")
-        need(self.color_fix in COLOR_FIXES, f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}")
+        need(
+            self.color_fix is None or self.color_fix in COLOR_FIXES,
+            f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
+        )
         need(
             self.start_point in ("lr", "noise"), f"--start-point {self.start_point!r}: choose 'lr' or 'noise'"
         )

@@ -214,7 +214,7 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
         negative_prompt=task.run.settings["negative_prompt"],
         upscale=cfg.scale,
         process_size=cfg.process_size,
-        color_fix=cfg.color_fix,
+        color_fix=task.run.settings["color_fix"],
         start_timestep=cfg.start_timestep,
         start_point=cfg.start_point,
         tile_batch=cfg.tile_batch,

@@ -17,7 +17,13 @@ from ccsr.models.controlnet import (
     load_ccsr_controlnet,
     save_ccsr_controlnet,
 )
-from ccsr.models.loading import load_components, resolve_paths
+from ccsr.models.loading import (
+    INFERENCE_DEFAULTS,
+    load_components,
+    recommended_color_fix,
+    resolve_paths,
+    write_inference_defaults,
+)
 from ccsr.pipeline import CCSRPipeline
 
 
@@ -152,6 +158,35 @@ def test_prediction_type_comes_from_the_scheduler_config(tiny_single_dir, tmp_pa
     p.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"scheduler_config.json: prediction_type='flow' is not one of"):
         load_components(root)
+
+
+def test_a_model_folder_recommends_its_colour_fix(tiny_single_dir, tmp_path, photo):
+    root = _copy(tiny_single_dir, tmp_path)
+    pipe = CCSRPipeline.from_pretrained(root)
+    assert recommended_color_fix(root) == pipe.default_color_fix == "adain"  # no file: the reference's
+
+    write_inference_defaults(root, "wavelet")
+    pipe = CCSRPipeline.from_pretrained(root)
+    assert pipe.default_color_fix == "wavelet"
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    out = {
+        c: pipe(photo, process_size=32, color_fix=c, generator=gen(), output_type="pt").images
+        for c in (None, "wavelet", "adain")
+    }
+    assert torch.equal(out[None], out["wavelet"]) and not torch.equal(out[None], out["adain"])
+
+    pipe.save_pretrained(tmp_path / "saved")  # the recommendation travels with the model
+    assert json.loads((tmp_path / "saved" / INFERENCE_DEFAULTS).read_text()) == {"color_fix": "wavelet"}
+    assert CCSRPipeline.from_pretrained(tmp_path / "saved").default_color_fix == "wavelet"
+
+    (root / INFERENCE_DEFAULTS).write_text('{"color_fix": "sepia"}')
+    with pytest.raises(ValueError, match=r"inference_defaults.json: color_fix='sepia' is not one of"):
+        CCSRPipeline.from_pretrained(root)
+    (root / INFERENCE_DEFAULTS).write_text("[1, 2")
+    with pytest.raises(ValueError, match=r"inference_defaults.json: not a JSON object"):
+        recommended_color_fix(root)
+    with pytest.raises(ValueError, match="color_fix='sepia'"):
+        write_inference_defaults(root, "sepia")
 
 
 def test_from_unet_copies_encoder(tiny_components):

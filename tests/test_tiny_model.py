@@ -152,6 +152,7 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
         "--set", f"overrides.autoencoder=[model.arch={arch}]",
         "--set", f"overrides.base=[model.arch={arch}]",
         "--set", "release_dtype=float16",
+        "--set", "color_fix=wavelet",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -162,7 +163,7 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
         assert all(math.isfinite(v) for r in records for k, v in r.items() if k.startswith("loss/"))
     release = out / "ccsr-tiny"
     assert sorted(p.name for p in release.iterdir()) == [
-        "controlnet", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
+        "controlnet", "inference_defaults.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae",
     ]  # fmt: skip
     timings = json.loads((out / "recipe_timings.json").read_text())
     assert sorted(timings) == ["autoencoder", "base", "stage1", "stage2"]
@@ -181,6 +182,7 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
     from ccsr.pipeline import CCSRPipeline
 
     pipe = CCSRPipeline.from_pretrained(release)  # upcast to float32 on load, every component
+    assert pipe.default_color_fix == "wavelet"  # the recipe's recommendation travels with the release
     for net in (pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder):
         assert {p.dtype for p in net.parameters()} == {torch.float32}
     lr = Image.fromarray(tiny_data.heldout_crops(256)["chelsea_00"][::8, ::8].copy())

@@ -200,6 +200,29 @@ def test_resume_skips_done_work_and_never_keeps_other_settings(tmp_path, capsys,
     assert rec["settings"]["steps"] == 2 and len(rec["settings_history"]) == 2
 
 
+def test_colour_fix_defaults_to_the_models_recommendation(tmp_path, capsys, common, tiny_model_dir):
+    from ccsr.models.loading import INFERENCE_DEFAULTS, write_inference_defaults
+
+    src = simple_folder(tmp_path / "in", 1)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_inference_defaults(model, "wavelet")  # as ccsr-tiny's release does
+    settings = lambda out: json.loads((out / "run.json").read_text())["settings"]  # noqa: E731
+
+    assert run(capsys, src, tmp_path / "rec", *common, "--model", model)[0] == 0
+    assert settings(tmp_path / "rec")["color_fix"] == "wavelet"
+    assert run(capsys, src, tmp_path / "explicit", *common, "--color-fix", "wavelet")[0] == 0
+    assert images_under(tmp_path / "rec") == images_under(tmp_path / "explicit")  # same weights
+    assert run(capsys, src, tmp_path / "adain", *common, "--model", model, "--color-fix", "adain")[0] == 0
+    assert settings(tmp_path / "adain")["color_fix"] == "adain"
+    assert images_under(tmp_path / "adain") != images_under(tmp_path / "rec")
+
+    (model / INFERENCE_DEFAULTS).write_text('{"color_fix": "sepia"}')
+    rc, _, stderr = run(capsys, src, tmp_path / "bad", *common, "--model", model)
+    assert rc == 2 and INFERENCE_DEFAULTS in stderr and "sepia" in stderr, stderr
+    assert not (tmp_path / "bad").exists() or not images_under(tmp_path / "bad")
+
+
 def test_byte_identical_and_seed_k_independent_of_neighbours(tmp_path, capsys, common):
     src = simple_folder(tmp_path / "in", 2)
     assert run(capsys, src, tmp_path / "a", *common, "--samples", "2")[0] == 0

@@ -91,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--color-fix",
         choices=COLOR_FIXES,
-        default="adain",
-        help="colour correction against the input (adain)",
+        default=None,
+        help="colour correction against the input (default: what the model recommends in its "
+        "inference_defaults.json, wavelet for --model tiny; adain, the reference's, otherwise)",
     )
     g.add_argument(
         "--max-pixels",

@@ -11,6 +11,10 @@ Accepted layouts (spec §2.5):
 * **single folder** (the community re-host, our own exports and ccsr-tiny):
   ``ROOT/{unet,text_encoder,tokenizer,scheduler,controlnet,vae}/``.
 
+A model folder may also hold ``inference_defaults.json`` with the settings its authors recommend
+(today only ``{"color_fix": ...}``; ccsr-tiny ships ``"wavelet"``). Without it the reference's defaults
+apply. :func:`recommended_color_fix` reads it.
+
 Any component can be pointed elsewhere with ``base=``, ``controlnet=`` or ``vae=`` (the reference's
 three path flags). ``ROOT`` may be a Hugging Face repo id; it is fetched with ``huggingface_hub``.
 """
@@ -53,9 +57,11 @@ class ComponentPaths:
     scheduler: Path
     controlnet: Path
     vae: Path
+    #: the model folder itself (local, or the fetched Hub snapshot); not a component
+    root: Path | None = None
 
     def as_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.__dict__.items()}
+        return {k: str(v) for k, v in self.__dict__.items() if k != "root"}
 
 
 def _fetch(repo_id: str) -> Path:
@@ -92,6 +98,7 @@ def resolve_paths(
         scheduler=base_root / "scheduler",
         controlnet=_component_dir(Path(controlnet) if controlnet else root, "controlnet"),
         vae=_component_dir(Path(vae) if vae else root, "vae"),
+        root=root,
     )
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         folder = getattr(paths, name)
@@ -105,6 +112,37 @@ def resolve_paths(
                 f"{name}: no weights in {folder}: expected {alternatives[0]}. {WHERE_TO_GET}"
             )
     return paths
+
+
+INFERENCE_DEFAULTS = "inference_defaults.json"
+DEFAULT_COLOR_FIX = "adain"  # the reference's
+
+
+def recommended_color_fix(root: str | os.PathLike | None) -> str:
+    """The colour fix a model folder recommends in ``inference_defaults.json``, else ``"adain"``."""
+    from ccsr.color import COLOR_FIXES
+
+    path = Path(root) / INFERENCE_DEFAULTS if root is not None else None
+    if path is None or not path.is_file():
+        return DEFAULT_COLOR_FIX
+    try:
+        value = json.loads(path.read_text()).get("color_fix", DEFAULT_COLOR_FIX)
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a JSON object ({e}); fix or delete the file") from None
+    if value not in COLOR_FIXES:
+        raise ValueError(f"{path}: color_fix={value!r} is not one of {COLOR_FIXES}; fix or delete the file")
+    return value
+
+
+def write_inference_defaults(root: str | os.PathLike, color_fix: str) -> Path:
+    """Record the colour fix a release recommends (read back by :func:`recommended_color_fix`)."""
+    from ccsr.color import COLOR_FIXES
+
+    if color_fix not in COLOR_FIXES:
+        raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+    path = Path(root) / INFERENCE_DEFAULTS
+    path.write_text(json.dumps({"color_fix": color_fix}, indent=2) + "\n")
+    return path
 
 
 def _component_dir(path: Path, name: str) -> Path:

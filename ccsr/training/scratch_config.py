@@ -160,9 +160,14 @@ class RecipeConfig:
     overrides: StageOverrides = field(default_factory=StageOverrides)
     train_min_side: int = 128  # training copies smaller than this are not written (= the crop side)
     redo: bool = False  # false: a stage whose export exists is skipped, so a stopped recipe continues
+    #: the colour fix the release recommends (its inference_defaults.json; `ccsr upscale`'s default)
+    color_fix: str = "adain"
 
     def __post_init__(self) -> None:
+        from ccsr.color import COLOR_FIXES
+
         _check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
+        _check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")
         _check(
             self.release_dtype in RELEASE_DTYPES,
             f"release_dtype={self.release_dtype!r} must be one of {RELEASE_DTYPES}",

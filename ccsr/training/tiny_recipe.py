@@ -65,13 +65,14 @@ def stage_overrides(
     }
 
 
-def export_release(root: Path, release: Path, dtype: str = "float32") -> Path:
+def export_release(root: Path, release: Path, dtype: str = "float32", color_fix: str = "adain") -> Path:
     """Assemble base model + stage-1 ControlNet + stage-2 VAE into one folder (``layout="single"``),
     written beside ``release`` and renamed into place; every component reloads strictly first.
-    ``dtype="float16"`` halves the files (training and inference stay float32: loaders upcast)."""
+    ``dtype="float16"`` halves the files (training and inference stay float32: loaders upcast).
+    ``color_fix`` other than adain is recorded in ``inference_defaults.json`` (the release's default)."""
     import torch
 
-    from ccsr.models.loading import load_components
+    from ccsr.models.loading import load_components, write_inference_defaults
     from ccsr.models.tiny import save_release_layout
     from ccsr.training.checkpoint import replace_dir_atomically
 
@@ -83,7 +84,13 @@ def export_release(root: Path, release: Path, dtype: str = "float32") -> Path:
     )
     comps = (parts.unet, parts.controlnet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler)
     release.parent.mkdir(parents=True, exist_ok=True)
-    return replace_dir_atomically(release, lambda tmp: save_release_layout(comps, tmp, layout="single"))
+
+    def write(tmp: Path) -> None:
+        save_release_layout(comps, tmp, layout="single")
+        if color_fix != "adain":
+            write_inference_defaults(tmp, color_fix)
+
+    return replace_dir_atomically(release, write)
 
 
 def run(cfg: RecipeConfig) -> TrainResult:
@@ -126,7 +133,7 @@ def run(cfg: RecipeConfig) -> TrainResult:
         logger.info("tiny-recipe: %s done in %.0f s (%d steps)", name, timings[name], result.global_step)
 
     release = Path(cfg.release_dir) if cfg.release_dir is not None else root / "ccsr-tiny"
-    export_release(root, release, cfg.release_dtype)
+    export_release(root, release, cfg.release_dtype, cfg.color_fix)
     log = root / "recipe_timings.json"
     previous = json.loads(log.read_text()) if log.is_file() else {}
     log.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
