@@ -7,7 +7,8 @@ Held-out sets (``ccsr.data.tiny_data``; rebuilt under ``--out`` unless ``--data`
 of 256x256 from scikit-image's chelsea / coffee / camera (never seen in training), with x4 LR made
 by PIL bicubic (``lr_bicubic``) or by the Real-ESRGAN degradation under a fixed seed
 (``lr_realesrgan``). Every output is upscaled exactly x4 (``process_size=256``), pipeline defaults
-otherwise (``ccsr upscale --steps k``: AdaIN colour fix, the step presets of ccsr.schedule).
+otherwise (``ccsr upscale --steps k``: the model's recommended colour fix unless ``--color-fix`` names
+one, the step presets of ccsr.schedule).
 
 Metrics (pyiqa via ``ccsr.metrics``, the paper's protocol): PSNR and SSIM on the Y channel after a 4-px
 border crop; PIQE (no-reference, hand-crafted: no weights to download, lower is better) on the same
@@ -63,9 +64,13 @@ def score(metrics: dict, sr: torch.Tensor, gt: torch.Tensor) -> dict[str, np.nda
     return out
 
 
-def upscale(pipe, lrs: list[Image.Image], steps: int, seed: int, size: int, device: str) -> torch.Tensor:
+def upscale(
+    pipe, lrs: list[Image.Image], steps: int, seed: int, size: int, device: str, color_fix: str | None = None
+) -> torch.Tensor:
     gens = [torch.Generator(device).manual_seed(seed) for _ in lrs]
-    out = pipe(lrs, steps=steps, upscale=4, process_size=size, generator=gens, output_type="pt").images
+    out = pipe(
+        lrs, steps=steps, upscale=4, process_size=size, generator=gens, output_type="pt", color_fix=color_fix
+    ).images
     return to_uint8(out.float().cpu())
 
 
@@ -103,6 +108,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--color-fix",
+        choices=("adain", "wavelet", "none"),
+        default=None,
+        help="default: the model's recommendation (inference_defaults.json), else adain",
+    )
     args = parser.parse_args()
 
     from ccsr.data.tiny_data import EVAL_SETS, write_eval_sets
@@ -117,7 +128,14 @@ def main() -> int:
     model = args.model or str(TINY_MODEL_DIR)
     pipe = CCSRPipeline.from_pretrained(model).to(args.device)
     metrics = {m: load_metric(m, device=args.device) for m in METRICS}
-    results: dict = {"model": model, "seeds": args.seeds, "steps": args.steps, "sets": {}}
+    color_fix = args.color_fix or pipe.default_color_fix
+    results: dict = {
+        "model": model,
+        "color_fix": color_fix,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "sets": {},
+    }
     fig_rows = []
     start = time.perf_counter()
     for set_name in EVAL_SETS:
@@ -136,7 +154,9 @@ def main() -> int:
         rows["bicubic"] = {m: float(v.mean()) for m, v in s.items()}
         firsts = {}
         for k in args.steps:
-            samples = [upscale(pipe, lrs, k, seed, size, args.device) for seed in range(args.seeds)]
+            samples = [
+                upscale(pipe, lrs, k, seed, size, args.device, color_fix) for seed in range(args.seeds)
+            ]
             firsts[k] = samples[0]
             per = [score(metrics, x, gt) for x in samples]
             row = {}
