@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ccsr.color import COLOR_FIXES
+
 METRICS = ("psnr", "ssim", "piqe")
 CROP = 4
 
@@ -110,7 +112,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--color-fix",
-        choices=("adain", "wavelet", "none"),
+        choices=COLOR_FIXES,
         default=None,
         help="default: the model's recommendation (inference_defaults.json), else adain",
     )

@@ -23,6 +23,7 @@ from ccsr.color import COLOR_FIXES, apply_color_fix
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
+from ccsr.models.loading import DEFAULT_COLOR_FIX
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
 from ccsr.tiling import tiled_apply
 
@@ -62,7 +63,7 @@ class CCSRPipeline(DiffusionPipeline):
         )
         self._prompt_cache: dict[tuple, torch.Tensor] = {}
         #: what ``color_fix=None`` means: the loaded folder's ``inference_defaults.json``, else adain
-        self.default_color_fix = "adain"
+        self.default_color_fix = DEFAULT_COLOR_FIX
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -96,7 +97,7 @@ class CCSRPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory: str | os.PathLike, **_: object) -> None:
         """Write the single-folder layout (``unet/ vae/ controlnet/ text_encoder/ tokenizer/ scheduler/``)."""
         from ccsr.models.controlnet import save_ccsr_controlnet
-        from ccsr.models.loading import DEFAULT_COLOR_FIX, write_inference_defaults
+        from ccsr.models.loading import write_inference_defaults
 
         root = os.fspath(save_directory)
         os.makedirs(root, exist_ok=True)
