@@ -1,4 +1,4 @@
-"""``CCSRPipeline``: CCSR-v2 inference (spec §1.3-1.9) as a diffusers pipeline.
+"""``CCSRPipeline``: CCSR-v2 inference (docs/algorithm.md §1.3-1.9) as a diffusers pipeline.
 
 >>> pipe = CCSRPipeline.from_pretrained("preset/models", torch_dtype=torch.float16).to("cuda")
 >>> out = pipe(Image.open("lr.png"), steps=1, generator=torch.Generator().manual_seed(0))

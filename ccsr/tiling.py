@@ -1,4 +1,4 @@
-"""Latent tiling for diffusion on large images (mixture-of-diffusers blending, spec §1.11).
+"""Latent tiling for diffusion on large images (mixture-of-diffusers blending, docs/algorithm.md §1.11).
 
 Pure tensor code: :func:`tiled_apply` knows a callable and tensors, nothing about models.
 Compared with the reference: tiles clamp to the input (an input smaller than one tile works,

@@ -101,7 +101,7 @@ def test_expert_knobs_reproduce_reference_schedules(tiny_pipe, photo):
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
 def test_two_step_matches_the_algorithm_written_out(tiny_pipe, photo, kind):
-    """Spec §1.5 step by step: noise, posterior sample, t=999 on the negative prompt, re-noise to 499,
+    """docs/algorithm.md §1.5 step by step: noise, posterior sample, t=999 on the negative prompt, re-noise to 499,
     CFG at 499 (index 0 = negative), x0 read-out. All draws from one generator, in that order.
     The same networks read as v prediction (ccsr-tiny's type) go through the same steps."""
     from diffusers import DDPMScheduler

@@ -22,7 +22,7 @@ KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau
 
 @dataclass(frozen=True)
 class DegradationOrder:
-    """One order of Real-ESRGAN's degradation: blur -> random resize -> noise -> JPEG (spec §3.4)."""
+    """One order of Real-ESRGAN's degradation: blur -> random resize -> noise -> JPEG (docs/algorithm.md §3.4)."""
 
     blur_prob: float = 1.0  # the first order always blurs, the second with p=0.5
     kernel_list: tuple[str, ...] = KERNEL_TYPES
@@ -77,7 +77,7 @@ class DegradationOrder:
 
 @dataclass(frozen=True)
 class DegradationConfig:
-    """Real-ESRGAN second-order degradation with CCSR's parameters (``params_ccsr.yml``, spec §3.4).
+    """Real-ESRGAN second-order degradation with CCSR's parameters (``params_ccsr.yml``, docs/algorithm.md §3.4).
 
     The defaults are the reference values; ``configs/data/realesrgan.yaml`` spells them out (a test keeps
     the two equal). The reference's gray_prob and color_jitter_prob are 0 and are not implemented.

@@ -1,6 +1,6 @@
 """The CCSR ControlNet: a stock diffusers ``ControlNetModel`` whose hint encoder is one 3x3 conv.
 
-CCSR-v2 (spec §2.2) conditions the ControlNet on the VAE latent of the bicubic-upsampled LR image:
+CCSR-v2 (docs/algorithm.md §2.2) conditions the ControlNet on the VAE latent of the bicubic-upsampled LR image:
 ``h = conv_in(x_t) + condition_conv_in(z_lr)``. Stock diffusers computes
 ``sample + controlnet_cond_embedding(controlnet_cond)``, so swapping ``controlnet_cond_embedding``
 for :class:`LatentConditionEmbedding` and passing ``z_lr`` as ``controlnet_cond`` gives exactly the

@@ -18,7 +18,7 @@ def _check(cond: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class Stage1Objective:
-    """Spec §3.2: eps-MSE on t < round(1000 t_max), x0-MSE at start_timestep, x0-MSE after re-noising to
+    """docs/algorithm.md §3.2: eps-MSE on t < round(1000 t_max), x0-MSE at start_timestep, x0-MSE after re-noising to
     round(1000 t_max). Weights 1:1:1 in the reference."""
 
     t_max: float = 0.6667

@@ -1,6 +1,6 @@
 """``configs/train/stage2.yaml`` as typed, strict dataclasses (loaded with :func:`ccsr.config.load_config`).
 
-Defaults are the reference's stage-2 recipe (spec §4): decoder-only training from the LR start,
+Defaults are the reference's stage-2 recipe (docs/algorithm.md §4): decoder-only training from the LR start,
 one extraction step, ``L = 1.0 L2 + 1.0 LPIPS + 0.05 hinge-G`` (the GAN term after 100 steps),
 discriminator loss weight 0.5, lr 5e-6 for both networks. Like :mod:`ccsr.config`, this module
 imports neither torch nor diffusers.
@@ -119,7 +119,7 @@ class LPIPSConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """Projected discriminator (spec §4.3); backbones are transformers folders or Hub ids."""
+    """Projected discriminator (docs/algorithm.md §4.3); backbones are transformers folders or Hub ids."""
 
     feature_network: str = "facebook/dino-vits16"  # DINO ViT-S/16, frozen
     condition_network: str = "facebook/dinov2-small"  # DINOv2 ViT-S/14, frozen; CLS of the LR image
