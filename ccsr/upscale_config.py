@@ -1,6 +1,6 @@
 """Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
 
-Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
+Defaults reproduce the paper's one-step setting (CCSR-S1, docs/algorithm.md §1.1/§8.5): 1 denoiser evaluation,
 x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix
 defaults to the model's recommendation (``inference_defaults.json`` in its folder), else AdaIN.
 """
@@ -8,15 +8,13 @@ defaults to the model's recommendation (``inference_defaults.json`` in its folde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
 COLOR_FIXES = ("adain", "wavelet", "none")
-#: ``--model tiny``: the small model shipped inside the package (single-folder layout).
-TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
 
 @dataclass(frozen=True)
@@ -151,15 +149,3 @@ class UpscaleConfig:
             self.tiling == "on" or (self.tiling == "auto" and big),
             self.vae_tiling == "on" or (self.vae_tiling == "auto" and big),
         )
-
-
-def resolve_model_root(model: str) -> str:
-    """``tiny`` -> the shipped ccsr-tiny folder; anything else is passed on (a folder or a Hub repo id)."""
-    if model == "tiny":
-        if not TINY_MODEL_DIR.is_dir():
-            raise FileNotFoundError(
-                f"the shipped ccsr-tiny model is not part of this installation (expected {TINY_MODEL_DIR}); "
-                "pass --model with a folder or Hub repo id of CCSR-v2 weights"
-            )
-        return str(TINY_MODEL_DIR)
-    return model

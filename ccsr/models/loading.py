@@ -1,6 +1,6 @@
 """Find and load CCSR-v2 components from the release layout, a single folder, or a Hub repo.
 
-Accepted layouts (spec §2.5):
+Accepted layouts (docs/algorithm.md §2.5):
 
 * **official release**::
 
@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from ccsr.diffusion import PREDICTION_TYPES
+from ccsr.models.shipped import resolve_model_root
+from ccsr.quiet import quiet_loading
 
 BASE_SUBFOLDER = "stable-diffusion-2-1-base"
 WHERE_TO_GET = (
@@ -83,8 +85,9 @@ def resolve_paths(
     controlnet: str | os.PathLike | None = None,
     vae: str | os.PathLike | None = None,
 ) -> ComponentPaths:
-    """Locate every component's folder, checking that its files exist."""
-    root = Path(model)
+    """Locate every component's folder, checking that its files exist. ``model`` may also name a model
+    shipped with ccsr (``"tiny"``, :mod:`ccsr.models.shipped`)."""
+    root = Path(resolve_model_root(model))
     if not root.is_dir():
         if str(model).count("/") == 1 and not str(model).startswith((".", "/", "~")):
             root = _fetch(str(model))
@@ -202,7 +205,8 @@ def load_components(
     def load(cls, folder: Path, st: str, pkl: str, what: str):
         use_st = _check_weights(folder, allow_pickle, st, pkl, what)
         try:
-            return cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_st)
+            with quiet_loading():
+                return cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_st)
         except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f"{what}: could not load {folder}: {e}. {WHERE_TO_GET}") from e
 
