@@ -2,7 +2,7 @@
 
     >>> cfg = load_config(Stage1Config, "configs/train/stage1.yaml", ["optimizer.learning_rate=1e-5"])
 
-Rules (ARCHITECTURE §3.2, nanoGPT's configurator rather than BasicSR's ``opt.get``):
+Rules (in the spirit of nanoGPT's configurator rather than BasicSR's ``opt.get``):
 
 * every yaml section is a dataclass, every key a typed field; an unknown key is a :class:`ConfigError`
   that lists the valid keys (and the nearest one), a missing required key names itself;
@@ -173,15 +173,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+#: The default configs, shipped inside the package (``ccsr/configs`` is the repository's ``configs/``).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config_file(yaml_path: str | os.PathLike) -> Path:
+    """``yaml_path`` itself when it exists; else, for a path under ``configs/`` (the defaults every config
+    names, e.g. ``configs/tiny/arch.yaml``), the copy shipped in the package, so that an installed ccsr
+    trains from any folder. :class:`ConfigError` names the path when neither exists."""
+    path = Path(yaml_path)
+    if path.is_file():
+        return path
+    parts = path.parts
+    if not path.is_absolute() and len(parts) > 1 and parts[0] == "configs":
+        packaged = PACKAGED_CONFIGS.joinpath(*parts[1:])
+        if packaged.is_file():
+            return packaged
+    raise ConfigError(f"config file {path} not found (nor among the configs shipped with ccsr)")
+
+
 def load_config(
     cls: type[T], yaml_path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> T:
     """Build ``cls`` from ``yaml_path`` (optional) with ``overrides`` (``"section.key=value"``) applied on top."""
     data: dict = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
+        path = find_config_file(yaml_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -240,7 +257,9 @@ class DataConfig:
     """Training images and the on-the-fly degradation."""
 
     train: tuple[str, ...]  # HQ image folders and/or list files (one path per line)
-    degradation: str | None = None  # yaml of Real-ESRGAN parameters; null: the reference values (spec §3.4)
+    degradation: str | None = (
+        None  # yaml of Real-ESRGAN parameters; null: the reference values (docs/algorithm.md §3.4)
+    )
     resolution: int = 512  # GT crop side; the reference hard-codes 512
     num_workers: int = 4  # DataLoader workers (the Dataset does no device work)
     cache_mb: int = 0  # decoded training images kept in memory per worker (small data sets); 0: none
