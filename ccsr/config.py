@@ -21,6 +21,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -54,17 +55,30 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a yaml value to ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a section (mapping) of {_type_name(tp)}, got {value!r}")
-        return _from_dict(tp, value, key + ".")
+        return _from_dict(tp, value, key + ".")  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            if type(None) in args:
-                return None
-            raise bad
+        return _coerce_union(value, tp, key)
+    if origin is Literal:
+        return _coerce_literal(value, typing.get_args(tp), key)
+    if origin is tuple:
+        return _coerce_tuple(value, typing.get_args(tp), key)
+    if tp in _SCALARS:
+        try:
+            return _SCALARS[tp](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}") from None
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # a bug in a config class, not user input
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if type(None) in args:
+            return None
+    else:
         for arg in args:
             if arg is type(None):
                 continue
@@ -72,59 +86,62 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise bad
-    if origin is Literal:
-        args = typing.get_args(tp)
-        if isinstance(value, bool):
-            # YAML 1.1 reads a bare `no` / `off` as False: map it back to the spelling the choice uses.
-            spellings = ("yes", "true", "on") if value else ("no", "false", "off")
-            value = next((a for a in args if isinstance(a, str) and a.lower() in spellings), value)
-        if value in args and not (isinstance(value, bool) and bool not in map(type, args)):
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in typing.get_args(tp))}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items))
-        if len(items) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-5" as a string (YAML 1.1 needs "1.0e-5")
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # a bug in a config class, not user input
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_literal(value: Any, choices: tuple, key: str) -> Any:
+    if isinstance(value, bool):
+        # YAML 1.1 reads a bare `no` / `off` as False: map it back to the spelling the choice uses.
+        spellings = ("yes", "true", "on") if value else ("no", "false", "off")
+        value = next((a for a in choices if isinstance(a, str) and a.lower() in spellings), value)
+    if value in choices and not (isinstance(value, bool) and bool not in map(type, choices)):
+        return value
+    raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in choices)}")
+
+
+def _coerce_tuple(value: Any, args: tuple, key: str) -> tuple:
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items))
+    if len(items) != len(args):
+        raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise TypeError(value)
+
+
+def _to_float(value: Any) -> float:
+    # PyYAML reads "1e-5" as a string (YAML 1.1 needs "1.0e-5"): strings are parsed too.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(value)
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(value)
+
+
+#: Scalar field types and their converters (``ValueError`` / ``TypeError``: not convertible).
+_SCALARS: dict[Any, Callable[[Any], Any]] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
