@@ -253,7 +253,8 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _check(cond: bool, message: str) -> None:
+def check(cond: bool, message: str) -> None:
+    """The one assertion of every config's ``__post_init__``: :class:`ConfigError` with ``message``."""
     if not cond:
         raise ConfigError(message)
 
@@ -285,18 +286,18 @@ class DataConfig:
     val_max_images: int = 4  # validation images logged every train.validation_steps
 
     def __post_init__(self) -> None:
-        _check(len(self.train) > 0, "train: give at least one image folder or list file")
-        _check(
+        check(len(self.train) > 0, "train: give at least one image folder or list file")
+        check(
             self.resolution % 8 == 0 and self.resolution >= 8,
             f"resolution={self.resolution} must be a positive multiple of 8",
         )
-        _check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
-        _check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
-        _check(
+        check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+        check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
+        check(
             (self.val_lr is None) == (self.val_hr is None),
             "val_lr and val_hr go together: set both or neither",
         )
-        _check(self.val_max_images >= 1, f"val_max_images={self.val_max_images} must be >= 1")
+        check(self.val_max_images >= 1, f"val_max_images={self.val_max_images} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -315,13 +316,13 @@ class OptimizerConfig:
     use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit: less optimizer memory on GPU
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0")
-        _check(self.lr_warmup_steps >= 0, f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        check(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0")
+        check(self.lr_warmup_steps >= 0, f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             v = getattr(self, name)
-            _check(0.0 <= v < 1.0, f"{name}={v} must be in [0, 1)")
-        _check(self.adam_weight_decay >= 0, f"adam_weight_decay={self.adam_weight_decay} must be >= 0")
-        _check(self.adam_epsilon > 0, f"adam_epsilon={self.adam_epsilon} must be > 0")
+            check(0.0 <= v < 1.0, f"{name}={v} must be in [0, 1)")
+        check(self.adam_weight_decay >= 0, f"adam_weight_decay={self.adam_weight_decay} must be >= 0")
+        check(self.adam_epsilon > 0, f"adam_epsilon={self.adam_epsilon} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -354,12 +355,12 @@ class LoopConfig:
             "validation_steps",
         ):
             v = getattr(self, name)
-            _check(v >= 1, f"{name}={v} must be >= 1")
-        _check(
+            check(v >= 1, f"{name}={v} must be >= 1")
+        check(
             self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0 (0 disables clipping)"
         )
-        _check(
+        check(
             self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
             f"checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1 or null",
         )
-        _check(0.0 < self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in (0, 1)")
+        check(0.0 < self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in (0, 1)")
