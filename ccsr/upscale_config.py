@@ -1,8 +1,9 @@
 """Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
 
 Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
-x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix
-defaults to the model's recommendation (``inference_defaults.json`` in its folder), else AdaIN.
+x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix, the
+post-processing order and the tile window default to the model's recommendation
+(``inference_defaults.json`` in its folder), else the authors' (AdaIN, ``reference``, ``reference``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
 COLOR_FIXES = ("adain", "wavelet", "none")
+POSTPROCESS_MODES = ("reference", "float")  # ccsr.postprocess's (not imported: it needs torch)
+TILE_WINDOWS = ("reference", "symmetric")  # ccsr.tiling's
 #: ``--model tiny``: the small model shipped inside the package (single-folder layout).
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
@@ -42,6 +45,8 @@ class UpscaleConfig:
     scale: int = 4
     process_size: int = 512
     color_fix: str | None = None  # None: the model folder's recommendation, else "adain" (reference)
+    postprocess: str | None = None  # None: the model folder's recommendation, else "reference"
+    tile_window: str | None = None  # None: the model folder's recommendation, else "reference"
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
@@ -94,6 +99,14 @@ class UpscaleConfig:
         need(
             self.color_fix is None or self.color_fix in COLOR_FIXES,
             f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
+        )
+        need(
+            self.postprocess is None or self.postprocess in POSTPROCESS_MODES,
+            f"--postprocess {self.postprocess!r}: choose one of {POSTPROCESS_MODES}",
+        )
+        need(
+            self.tile_window is None or self.tile_window in TILE_WINDOWS,
+            f"--tile-window {self.tile_window!r}: choose one of {TILE_WINDOWS}",
         )
         need(
             self.start_point in ("lr", "noise"), f"--start-point {self.start_point!r}: choose 'lr' or 'noise'"

@@ -215,6 +215,8 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
         upscale=cfg.scale,
         process_size=cfg.process_size,
         color_fix=task.run.settings["color_fix"],
+        postprocess=task.run.settings["postprocess"],
+        tile_window=task.run.settings["tile_window"],
         start_timestep=cfg.start_timestep,
         start_point=cfg.start_point,
         tile_batch=cfg.tile_batch,
