@@ -69,11 +69,8 @@ class CCSRPipeline(DiffusionPipeline):
 
     @property
     def default_color_fix(self) -> str:
+        """What ``color_fix=None`` means (``inference_defaults["color_fix"]``)."""
         return self.inference_defaults["color_fix"]
-
-    @default_color_fix.setter
-    def default_color_fix(self, value: str) -> None:
-        self.inference_defaults["color_fix"] = value
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod

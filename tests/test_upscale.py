@@ -163,6 +163,8 @@ def test_folder_of_real_and_bad_files(tmp_path, capsys, common, tiny_model_dir):
     for ln in lines:
         assert (ln["sample"], ln["seed"], ln["timesteps"]) == (0, 0, [999])
         assert ln["output_sha256"] == file_sha256(out / ln["output"])
+        # the authors' post-processing is 8-bit: a 16-bit input keeps its precision through the float path
+        assert ln["postprocess"] == ("float" if ln["output"] == "e16.png" else "reference")
 
 
 def test_resume_skips_done_work_and_never_keeps_other_settings(tmp_path, capsys, common):
