@@ -250,8 +250,9 @@ def test_postprocess_and_tile_window_are_recorded_and_resume_never_mixes_them(tm
         assert images_under(tmp_path / "ref") == first  # nothing written
     rc, _, stderr = run(capsys, src, tmp_path / "flt", *common)  # the defaults are the other values
     assert rc == 2 and 'postprocess: "float" -> "reference"' in stderr, stderr
-    rc, _, stderr = run(capsys, src, tmp_path / "x", *common, "--postprocess", "8bit")
-    assert rc == 2 and "--postprocess" in stderr
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices
+        run(capsys, src, tmp_path / "x", *common, "--postprocess", "8bit")
+    assert exit_info.value.code == 2 and "--postprocess" in capsys.readouterr().err
 
 
 def test_a_768px_v_prediction_base_is_refused_before_any_work(tmp_path, capsys, common, tiny_model_dir):
