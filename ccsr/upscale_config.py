@@ -1,9 +1,8 @@
 """Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
 
 Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
-x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix, the
-post-processing order and the tile window default to the model's recommendation
-(``inference_defaults.json`` in its folder), else the authors' (AdaIN, ``reference``, ``reference``).
+x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix
+defaults to the model's recommendation (``inference_defaults.json`` in its folder), else AdaIN.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
-COLOR_FIXES = ("adain", "wavelet", "none")
 POSTPROCESS_MODES = ("reference", "float")  # ccsr.postprocess's (not imported: it needs torch)
 TILE_WINDOWS = ("reference", "symmetric")  # ccsr.tiling's
+COLOR_FIXES = ("adain", "wavelet", "none")
 #: ``--model tiny``: the small model shipped inside the package (single-folder layout).
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
