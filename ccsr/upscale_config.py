@@ -14,6 +14,8 @@ from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
+POSTPROCESS_MODES = ("reference", "float")  # ccsr.postprocess's (not imported: it needs torch)
+TILE_WINDOWS = ("reference", "symmetric")  # ccsr.tiling's
 COLOR_FIXES = ("adain", "wavelet", "none")
 
 
@@ -40,6 +42,8 @@ class UpscaleConfig:
     scale: int = 4
     process_size: int = 512
     color_fix: str | None = None  # None: the model folder's recommendation, else "adain" (reference)
+    postprocess: str | None = None  # None: the model folder's recommendation, else "reference"
+    tile_window: str | None = None  # None: the model folder's recommendation, else "reference"
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
@@ -92,6 +96,14 @@ class UpscaleConfig:
         need(
             self.color_fix is None or self.color_fix in COLOR_FIXES,
             f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
+        )
+        need(
+            self.postprocess is None or self.postprocess in POSTPROCESS_MODES,
+            f"--postprocess {self.postprocess!r}: choose one of {POSTPROCESS_MODES}",
+        )
+        need(
+            self.tile_window is None or self.tile_window in TILE_WINDOWS,
+            f"--tile-window {self.tile_window!r}: choose one of {TILE_WINDOWS}",
         )
         need(
             self.start_point in ("lr", "noise"), f"--start-point {self.start_point!r}: choose 'lr' or 'noise'"

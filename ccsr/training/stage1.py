@@ -170,8 +170,9 @@ class Stage1Step(TrainStep):
         from ccsr.training.checkpoint import replace_dir_atomically
 
         controlnet = self.unwrap("controlnet")
+        kind = self.scheduler.config.prediction_type
         return replace_dir_atomically(
-            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp)
+            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp, kind)
         )
 
     @torch.no_grad()

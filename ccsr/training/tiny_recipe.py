@@ -77,7 +77,7 @@ def export_release(root: Path, release: Path, dtype: str = "float32", color_fix:
     release.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
-        save_release_layout(comps, tmp, layout="single")
+        save_release_layout(comps, tmp, layout="single", record_prediction=True)
         if color_fix != "adain":
             write_inference_defaults(tmp, color_fix)
 
