@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccsr.consistency import DISTANCES
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
 COLOR_FIXES = ("adain", "wavelet", "none")
+#: ``--select``: write every sample (None), the medoid ("consensus") or the pixel mean ("mean").
+SELECTIONS = (None, "consensus", "mean")
 #: ``--model tiny``: the small model shipped inside the package (single-folder layout).
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
@@ -45,6 +48,10 @@ class UpscaleConfig:
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
+    # consistency over the K samples (ccsr.consistency): a std heat map, one output picked or averaged
+    uncertainty_map: bool = False
+    select: str | None = None  # None (write every sample), "consensus" or "mean"
+    consensus_distance: str = "l1-y"
     # execution
     precision: str = "auto"
     device: str = "auto"
@@ -89,6 +96,18 @@ class UpscaleConfig:
             "--num-inference-steps must be >= 1",
         )
         need(self.samples >= 1, f"--samples {self.samples} must be >= 1")
+        need(
+            self.samples >= 2 or not (self.uncertainty_map or self.select),
+            "--uncertainty-map and --select compare the samples of an image: give --samples K with K >= 2",
+        )
+        need(
+            self.select in SELECTIONS,
+            f"--select {self.select!r}: choose one of {[s for s in SELECTIONS if s]}",
+        )
+        need(
+            self.consensus_distance in DISTANCES,
+            f"--consensus-distance {self.consensus_distance!r}: choose one of {DISTANCES}",
+        )
         need(self.scale >= 1, f"--scale {self.scale} must be a positive integer")
         need(self.process_size >= 0, f"--process-size {self.process_size} must be >= 0")
         need(
