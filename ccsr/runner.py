@@ -55,8 +55,11 @@ from ccsr.upscale_loop import Job, RunDir, Task, process
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def run_upscale(cfg: UpscaleConfig) -> int:
-    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted)."""
+def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
+    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted).
+
+    ``pipe``: a pipeline already loaded by :func:`load_pipeline` for the same model, device and
+    precision (``ccsr app`` keeps one across runs); None loads it when there is work to do."""
     wall0 = time.perf_counter()
     started = now_iso()
     try:
@@ -97,7 +100,9 @@ def run_upscale(cfg: UpscaleConfig) -> int:
             for f in pre_failures:
                 log.failure(f)
         load_s = 0.0
-        if shard:
+        if shard and pipe is not None:
+            process(shard, pipe, cfg, log, tally)
+        elif shard:
             t = time.perf_counter()
             try:
                 pipe = _load_pipeline(cfg, device, dtype_name)
@@ -335,6 +340,12 @@ def _init_state(requested: str):
     if device.type == "cpu":
         device = torch.device("cpu")
     return state, device
+
+
+def load_pipeline(cfg: UpscaleConfig):
+    """The pipeline :func:`run_upscale` loads for ``cfg`` (model, device, precision, speed options)."""
+    _, device = _init_state(cfg.device)
+    return _load_pipeline(cfg, device, cfg.resolved_precision(device.type))
 
 
 def _load_pipeline(cfg: UpscaleConfig, device, dtype_name: str):
