@@ -230,7 +230,7 @@ class Engine:
         from ccsr.manifest import read_manifest
 
         outs = [dst / rel for rel in read_manifest(dst / "manifest.jsonl") if (dst / rel).is_file()]
-        return FolderProgress(min(done, total) if total else done, total, outs[-60:], message, finished)
+        return FolderProgress(min(done, total) if total else done, total, outs[-24:], message, finished)
 
     @staticmethod
     def _folder_message(rc: int, err: str, dst: Path) -> str:

@@ -7,6 +7,7 @@ stays up). Work that uses the model goes through one queue slot (``concurrency_i
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib.util
 from pathlib import Path
@@ -38,7 +39,13 @@ def _settings(steps, scale, seed, samples, color_fix, guidance, tiling, process_
     )
 
 
-def _thumb(path: Path, side: int = 256) -> Image.Image:
+def _thumb(path: Path) -> Image.Image:
+    """A small copy for the gallery, decoded once per file version (the gallery is redrawn every poll)."""
+    return _thumb_of(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _thumb_of(path: str, mtime_ns: int, side: int = 256) -> Image.Image:
     with Image.open(path) as im:
         im = im.convert("RGB")
         im.thumbnail((side, side))
