@@ -28,6 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 #: Distances the consensus pick knows: mean absolute difference of BT.601 Y, or LPIPS.
 DISTANCES = ("l1-y", "lpips")
+#: ``ccsr upscale --select``: the medoid of the samples, or their pixel mean.
+SELECTIONS = ("consensus", "mean")
 #: The colour bar's label: what the heat map shows.
 HEATMAP_LABEL = "std over seeds"
 # matplotlib's "inferno" sampled at 17 points (the report's heat maps use it): dark = stable, bright = varies.

@@ -10,14 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccsr.consistency import DISTANCES
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
 COLOR_FIXES = ("adain", "wavelet", "none")
-#: ``--select``: write every sample (None), the medoid ("consensus") or the pixel mean ("mean").
-SELECTIONS = (None, "consensus", "mean")
 #: ``--model tiny``: the small model shipped inside the package (single-folder layout).
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
@@ -96,13 +93,15 @@ class UpscaleConfig:
             "--num-inference-steps must be >= 1",
         )
         need(self.samples >= 1, f"--samples {self.samples} must be >= 1")
+        from ccsr.consistency import DISTANCES, SELECTIONS
+
         need(
             self.samples >= 2 or not (self.uncertainty_map or self.select),
             "--uncertainty-map and --select compare the samples of an image: give --samples K with K >= 2",
         )
         need(
-            self.select in SELECTIONS,
-            f"--select {self.select!r}: choose one of {[s for s in SELECTIONS if s]}",
+            self.select is None or self.select in SELECTIONS,
+            f"--select {self.select!r}: choose one of {SELECTIONS}",
         )
         need(
             self.consensus_distance in DISTANCES,

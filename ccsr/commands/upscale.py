@@ -72,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--samples", type=int, default=1, help="outputs per image; K > 1 writes sample00 .. sample{K-1}"
     )
+    from ccsr.consistency import DISTANCES, SELECTIONS
+
     g = parser.add_argument_group("consistency over the samples (need --samples K, K >= 2)")
     g.add_argument(
         "--uncertainty-map",
@@ -80,12 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--select",
-        choices=("consensus", "mean"),
+        choices=SELECTIONS,
         help="write one output per image: the sample closest to the others (consensus) or the pixel mean",
     )
     g.add_argument(
         "--consensus-distance",
-        choices=("l1-y", "lpips"),
+        choices=DISTANCES,
         default="l1-y",
         help="distance of --select consensus: L1 on the luma (default) or LPIPS (needs its weights)",
     )
@@ -197,8 +199,7 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("no model: pass --model FOLDER|HUB_ID|tiny, or set CCSR_MODEL")
     names = (
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
-        "guidance_scale prompt negative_prompt scale process_size color_fix seed samples uncertainty_map select "
-        "consensus_distance precision device tiling "
+        "guidance_scale prompt negative_prompt scale process_size color_fix seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
         "max_pixels workers channels_last compile quiet log_jsonl report report_gt"
     ).split()
@@ -206,6 +207,9 @@ def config_from_args(args: argparse.Namespace):
         inputs=tuple(args.paths[:-1]),
         output=args.paths[-1],
         steps=tuple(args.steps),
+        uncertainty_map=args.uncertainty_map,
+        select=args.select,
+        consensus_distance=args.consensus_distance,
         report_metrics=None if args.report_metrics is None else tuple(args.report_metrics),
         **{n: getattr(args, n) for n in names},
     )
