@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ccsr.color import COLOR_FIXES
+from ccsr.options import COLOR_FIXES
 
 METRICS = ("psnr", "ssim", "piqe")
 CROP = 4

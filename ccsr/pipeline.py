@@ -19,14 +19,13 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ccsr.color import COLOR_FIXES
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize
 from ccsr.models.loading import REFERENCE_DEFAULTS
-from ccsr.postprocess import check_postprocess, finish_images
+from ccsr.options import check_color_fix, check_postprocess, check_tile_window
+from ccsr.postprocess import finish_images
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import check_tile_window
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -264,8 +263,7 @@ class CCSRPipeline(DiffusionPipeline):
             color_fix = self.default_color_fix
         postprocess = check_postprocess(postprocess or self.inference_defaults["postprocess"])
         tile_window = check_tile_window(tile_window or self.inference_defaults["tile_window"])
-        if color_fix not in COLOR_FIXES and color_fix != "nofix":
-            raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+        color_fix = check_color_fix(color_fix)
         if start_point not in ("lr", "noise"):
             raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")
         if initial_prompt not in INITIAL_PROMPTS:

@@ -29,7 +29,8 @@ failed (listed in OUTPUT_DIR/failures.txt), 2 nothing was run (bad arguments), 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-    from ccsr.upscale_config import COLOR_FIXES, POSTPROCESS_MODES, PRECISIONS, TILE_WINDOWS, TILING_MODES
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+    from ccsr.upscale_config import PRECISIONS, TILING_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG

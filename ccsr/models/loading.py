@@ -129,9 +129,7 @@ DEFAULT_COLOR_FIX = REFERENCE_DEFAULTS["color_fix"]
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from ccsr.color import COLOR_FIXES
-    from ccsr.postprocess import POSTPROCESS_MODES
-    from ccsr.tiling import TILE_WINDOWS
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
 
     return {"color_fix": COLOR_FIXES, "postprocess": POSTPROCESS_MODES, "tile_window": TILE_WINDOWS}
 

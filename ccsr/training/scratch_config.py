@@ -159,7 +159,7 @@ class RecipeConfig:
     color_fix: str = "adain"
 
     def __post_init__(self) -> None:
-        from ccsr.color import COLOR_FIXES
+        from ccsr.options import COLOR_FIXES
 
         check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
         check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")
