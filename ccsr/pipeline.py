@@ -22,7 +22,7 @@ from PIL import Image
 from ccsr.color import COLOR_FIXES, apply_color_fix
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
-from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
+from ccsr.image import make_canvas, pad_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
 from ccsr.models.loading import DEFAULT_COLOR_FIX
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
 from ccsr.tiling import tiled_apply
@@ -64,6 +64,8 @@ class CCSRPipeline(DiffusionPipeline):
         self._prompt_cache: dict[tuple, torch.Tensor] = {}
         #: what ``color_fix=None`` means: the loaded folder's ``inference_defaults.json``, else adain
         self.default_color_fix = DEFAULT_COLOR_FIX
+        #: what ``border_pad=None`` means: the folder's ``inference_defaults.json``, else 0 (reference)
+        self.default_border_pad = 0
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -79,7 +81,7 @@ class CCSRPipeline(DiffusionPipeline):
     ) -> CCSRPipeline:
         """Load from the official release layout, a single folder, or a Hub repo id (see
         :mod:`ccsr.models.loading`). ``base``/``controlnet``/``vae`` override single components."""
-        from ccsr.models.loading import load_components, recommended_color_fix
+        from ccsr.models.loading import load_components, recommended_border_pad, recommended_color_fix
 
         c = load_components(
             pretrained_model_name_or_path,
@@ -92,6 +94,7 @@ class CCSRPipeline(DiffusionPipeline):
         pipe = cls(c.unet, c.controlnet, c.vae, c.text_encoder, c.tokenizer, c.scheduler)
         pipe.component_paths = c.paths
         pipe.default_color_fix = recommended_color_fix(c.paths.root)
+        pipe.default_border_pad = recommended_border_pad(c.paths.root)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: object) -> None:
@@ -107,8 +110,8 @@ class CCSRPipeline(DiffusionPipeline):
         self.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(root, "scheduler"))
         save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"))
-        if self.default_color_fix != DEFAULT_COLOR_FIX:
-            write_inference_defaults(root, self.default_color_fix)
+        if self.default_color_fix != DEFAULT_COLOR_FIX or self.default_border_pad:
+            write_inference_defaults(root, self.default_color_fix, border_pad=self.default_border_pad)
 
     # ------------------------------------------------------------------ speed
     def optimize(
@@ -215,6 +218,7 @@ class CCSRPipeline(DiffusionPipeline):
         upscale: int = 4,
         process_size: int = 512,
         color_fix: str | None = None,
+        border_pad: int | None = None,
         start_timestep: int = DEFAULT_START_TIMESTEP,
         start_point: Literal["lr", "noise"] = "lr",
         initial_prompt: InitialPrompt = "reference",
@@ -238,6 +242,10 @@ class CCSRPipeline(DiffusionPipeline):
             upscale, process_size: the reference's resize plan (:func:`ccsr.image.plan_resize`).
             color_fix: ``"adain"`` (reference), ``"wavelet"`` or ``"none"``; ``None``: the model's
                 recommendation (:attr:`default_color_fix`: its ``inference_defaults.json``, else adain).
+            border_pad: pixels mirrored onto each side of the canvas before the VAE encoder and cropped
+                after the decoder, so the autoencoder's and UNet's zero padding darkens no image border
+                (a multiple of 8; 0 = the reference). ``None``: the model's recommendation
+                (:attr:`default_border_pad`, else 0). ``latents`` then cover the padded canvas.
             start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
             initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
                 ``"reference"`` uses the negative prompt (as the published code and results),
@@ -284,8 +292,10 @@ class CCSRPipeline(DiffusionPipeline):
         # 2. Pre-process: resize plan, canvas in [0, 1].
         plan = plan_resize(images[0].size, upscale, process_size)
         canvas = torch.cat([pil_to_tensor(make_canvas(im.convert("RGB"), plan)) for im in images]).to(device)
+        pad = self.default_border_pad if border_pad is None else border_pad
+        padded = pad_canvas(canvas, pad)
         f = self.vae_scale_factor
-        latent_shape = (b, self.unet.config.in_channels, canvas.shape[2] // f, canvas.shape[3] // f)
+        latent_shape = (b, self.unet.config.in_channels, padded.shape[2] // f, padded.shape[3] // f)
         if latents is not None and tuple(latents.shape) != latent_shape:
             raise ValueError(
                 f"latents has shape {tuple(latents.shape)}, expected {latent_shape} for this image"
@@ -311,7 +321,7 @@ class CCSRPipeline(DiffusionPipeline):
         if vae_tiling:
             self.vae.enable_tiling()
         try:
-            dist = self.vae.encode((canvas * 2 - 1).to(self.vae.dtype)).latent_dist
+            dist = self.vae.encode((padded * 2 - 1).to(self.vae.dtype)).latent_dist
             z = dist.sample(generator=generator) if lr_latent == "sample" else dist.mode()
             z_lr = z.float() * self.vae.config.scaling_factor
             alphas = self.scheduler.alphas_cumprod
@@ -370,6 +380,8 @@ class CCSRPipeline(DiffusionPipeline):
             else:
                 # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
                 sr = self._decode(x)
+                if pad:
+                    sr = sr[..., pad:-pad, pad:-pad]
                 sr = apply_color_fix(sr, canvas, color_fix)
                 sr = resize_float(sr, plan.output_size).clamp(0, 1)
                 if output_type == "pil":

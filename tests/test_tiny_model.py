@@ -198,14 +198,15 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- shipped model
+def _luma(x: np.ndarray) -> np.ndarray:
+    """BT.601 Y of uint8 RGB, in 8-bit levels (16-235)."""
+    x = x.astype(np.float64) / 255.0
+    return 16 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]
+
+
 def _y_psnr(a: np.ndarray, b: np.ndarray, crop: int = 4) -> float:
     """PSNR of the BT.601 Y channel after a ``crop``-px border crop (the paper's protocol), uint8 inputs."""
-
-    def y(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) / 255.0
-        return (16 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
-
-    d = (y(a) - y(b))[crop:-crop, crop:-crop]
+    d = ((_luma(a) - _luma(b)) / 255.0)[crop:-crop, crop:-crop]
     return float(10 * np.log10(1.0 / np.mean(d**2)))
 
 
@@ -273,6 +274,35 @@ def test_shipped_model_beats_bicubic_on_a_heldout_image(shipped_pipe, kind):
     lr, gt = _heldout(kind)
     bicubic = np.asarray(lr.resize(gt.shape[1::-1], Image.BICUBIC))
     assert _y_psnr(_sr(shipped_pipe, lr), gt) >= _y_psnr(bicubic, gt) + 0.15
+
+
+def _border_bias(img: np.ndarray) -> dict[str, float]:
+    """Mean luma of each outermost row / column minus the mean of the centre, in 8-bit levels."""
+    y = _luma(img)
+    c = y[y.shape[0] // 4 : -y.shape[0] // 4, y.shape[1] // 4 : -y.shape[1] // 4].mean()
+    return {
+        "top": y[0].mean() - c,
+        "bottom": y[-1].mean() - c,
+        "left": y[:, 0].mean() - c,
+        "right": y[:, -1].mean() - c,
+    }
+
+
+def test_shipped_model_does_not_darken_the_border_of_a_flat_image(shipped_pipe):
+    """The tiny autoencoder's zero padding darkened the top row of a flat 64-px input by 8 levels at the
+    CLI's defaults (25 through the autoencoder alone); the release's border_pad mirrors 16 px around the
+    canvas before the encoder and crops them after the decoder."""
+    assert shipped_pipe.default_border_pad == 16  # from ccsr-tiny/inference_defaults.json
+    flat = Image.new("RGB", (64, 64), (150, 120, 90))
+
+    def run(**kw) -> np.ndarray:
+        out = shipped_pipe(flat, steps=1, generator=torch.Generator().manual_seed(0), **kw)
+        return np.asarray(out.images[0])
+
+    fixed, reference = run(), run(border_pad=0)
+    assert fixed.shape == reference.shape == (256, 256, 3)
+    assert all(abs(v) < 1.5 for v in _border_bias(fixed).values()), _border_bias(fixed)
+    assert _border_bias(reference)["top"] < -5  # the defect the padding removes
 
 
 def test_cli_upscales_the_shipped_examples_offline(tmp_path):

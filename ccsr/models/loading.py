@@ -12,8 +12,8 @@ Accepted layouts (spec §2.5):
   ``ROOT/{unet,text_encoder,tokenizer,scheduler,controlnet,vae}/``.
 
 A model folder may also hold ``inference_defaults.json`` with the settings its authors recommend
-(today only ``{"color_fix": ...}``; ccsr-tiny ships ``"wavelet"``). Without it the reference's defaults
-apply. :func:`recommended_color_fix` reads it.
+(``{"color_fix": ..., "border_pad": ...}``; ccsr-tiny ships ``"wavelet"`` and 16). Without it the
+reference's defaults apply. :func:`recommended_color_fix` and :func:`recommended_border_pad` read it.
 
 Any component can be pointed elsewhere with ``base=``, ``controlnet=`` or ``vae=`` (the reference's
 three path flags). ``ROOT`` may be a Hugging Face repo id; it is fetched with ``huggingface_hub``.
@@ -118,30 +118,55 @@ INFERENCE_DEFAULTS = "inference_defaults.json"
 DEFAULT_COLOR_FIX = "adain"  # the reference's
 
 
+def _inference_defaults(root: str | os.PathLike | None) -> tuple[Path | None, dict]:
+    """``(path, settings)`` of a model folder's ``inference_defaults.json`` (``(None, {})`` without one)."""
+    path = Path(root) / INFERENCE_DEFAULTS if root is not None else None
+    if path is None or not path.is_file():
+        return None, {}
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a JSON object ({e}); fix or delete the file") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: not a JSON object; fix or delete the file")
+    return path, values
+
+
 def recommended_color_fix(root: str | os.PathLike | None) -> str:
     """The colour fix a model folder recommends in ``inference_defaults.json``, else ``"adain"``."""
     from ccsr.color import COLOR_FIXES
 
-    path = Path(root) / INFERENCE_DEFAULTS if root is not None else None
-    if path is None or not path.is_file():
-        return DEFAULT_COLOR_FIX
-    try:
-        value = json.loads(path.read_text()).get("color_fix", DEFAULT_COLOR_FIX)
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: not a JSON object ({e}); fix or delete the file") from None
+    path, values = _inference_defaults(root)
+    value = values.get("color_fix", DEFAULT_COLOR_FIX)
     if value not in COLOR_FIXES:
         raise ValueError(f"{path}: color_fix={value!r} is not one of {COLOR_FIXES}; fix or delete the file")
     return value
 
 
-def write_inference_defaults(root: str | os.PathLike, color_fix: str) -> Path:
-    """Record the colour fix a release recommends (read back by :func:`recommended_color_fix`)."""
+def recommended_border_pad(root: str | os.PathLike | None) -> int:
+    """The ``border_pad`` a model folder recommends in ``inference_defaults.json``, else 0 (the reference:
+    no padding). ccsr-tiny's small autoencoder darkens the image border without it."""
+    path, values = _inference_defaults(root)
+    value = values.get("border_pad", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value % 8:
+        raise ValueError(f"{path}: border_pad={value!r} must be a multiple of 8 >= 0; fix or delete the file")
+    return value
+
+
+def write_inference_defaults(root: str | os.PathLike, color_fix: str, *, border_pad: int = 0) -> Path:
+    """Record the colour fix (and a non-zero ``border_pad``) a release recommends (read back by
+    :func:`recommended_color_fix` and :func:`recommended_border_pad`)."""
     from ccsr.color import COLOR_FIXES
 
     if color_fix not in COLOR_FIXES:
         raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+    if border_pad < 0 or border_pad % 8:
+        raise ValueError(f"border_pad={border_pad} must be a multiple of 8 >= 0")
+    values: dict[str, object] = {"color_fix": color_fix}
+    if border_pad:
+        values["border_pad"] = border_pad
     path = Path(root) / INFERENCE_DEFAULTS
-    path.write_text(json.dumps({"color_fix": color_fix}, indent=2) + "\n")
+    path.write_text(json.dumps(values, indent=2) + "\n")
     return path
 
 
