@@ -225,19 +225,16 @@ def main() -> int:
                 flush=True,
             )
         results["sets"][set_name] = rows
-        for i in (0, len(names) - 1):  # one camera crop, one coffee crop
+        for i in (0, len(names) - 1):  # the first and last crop in name order
             cols = [Image.open(data / set_name / f"{names[i]}.png")]
             lr_t = torch.from_numpy(np.asarray(cols[0].convert("RGB")).copy()).permute(2, 0, 1).float() / 255
-            two = firsts.get(2, firsts[args.steps[-1]])
-            fig_rows.append(
-                (f"{names[i]}\n{set_name}", [lr_t, bic[i], firsts[args.steps[0]][i], two[i], gt[i]])
-            )
+            shown = [firsts[k][i] for k in args.steps[:2]]
+            fig_rows.append((f"{names[i]}\n{set_name}", [lr_t, bic[i], *shown, gt[i]]))
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
-    figure(
-        fig_rows, ["LR (x4 nearest)", "bicubic", f"{args.steps[0]}-step", "2-step", "GT"], out / "figure.png"
-    )
+    steps_shown = [f"{k}-step" for k in args.steps[:2]]
+    figure(fig_rows, ["LR (x4 nearest)", "bicubic", *steps_shown, "GT"], out / "figure.png")
     print(markdown(results))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
     return 0

@@ -183,6 +183,7 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
 
     pipe = CCSRPipeline.from_pretrained(release)  # upcast to float32 on load, every component
     assert pipe.default_color_fix == "wavelet"  # the recipe's recommendation travels with the release
+    assert pipe.default_border_pad == 16  # configs/tiny/recipe.yaml's border_pad
     for net in (pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder):
         assert {p.dtype for p in net.parameters()} == {torch.float32}
     lr = Image.fromarray(tiny_data.heldout_crops(256)["chelsea_00"][::8, ::8].copy())
@@ -195,6 +196,17 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trained 0 steps" in again.stdout
     assert json.loads((out / "recipe_timings.json").read_text()) == {}
+
+
+def test_recipe_refuses_a_data_dir_that_is_not_a_tiny_set(tmp_path):
+    (tmp_path / "set" / "train").mkdir(parents=True)
+    cmd = [sys.executable, "-m", "ccsr", "train", "tiny-recipe", "--set", f"output_dir={tmp_path / 'run'}"]
+    cmd += ["--set", f"data_dir={tmp_path / 'set'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "train.txt is missing; build it with ccsr data tiny-set" in run.stderr
+    assert not (tmp_path / "run" / "autoencoder").exists()
 
 
 # ---------------------------------------------------------------------------------------------- shipped model
