@@ -146,6 +146,11 @@ def main() -> int:
     )
     parser.add_argument("--model", default=None, help="model folder (default: the shipped ccsr-tiny)")
     parser.add_argument(
+        "--vae",
+        default=None,
+        help="a vae/ folder to use instead of the model's (e.g. its autoencoder ceiling)",
+    )
+    parser.add_argument(
         "--data", default=None, help="folder with gt/ lr_bicubic/ lr_realesrgan/ (default: rebuilt)"
     )
     parser.add_argument("--out", default="runs/tiny_quality")
@@ -177,7 +182,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else write_eval_sets(out / "eval")
     model = args.model or str(TINY_MODEL_DIR)
-    pipe = CCSRPipeline.from_pretrained(model).to(args.device)
+    pipe = CCSRPipeline.from_pretrained(model, vae=args.vae).to(args.device)
     metrics = {m: load_metric(m, device=args.device) for m in METRICS}
     color_fix = args.color_fix or pipe.default_color_fix
     results: dict = {
