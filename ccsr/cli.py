@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "ccsr.commands.evaluate",
     "stability": "ccsr.commands.stability",
     "train": "ccsr.commands.train",
+    "bench": "ccsr.commands.bench",
 }
 
 
