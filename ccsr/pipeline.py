@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ccsr.color import COLOR_FIXES, apply_color_fix
-from ccsr.denoiser import denoise
+from ccsr.denoiser import denoise, module_dtype
 from ccsr.diffusion import add_noise, predict_x0
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
 from ccsr.models.loading import DEFAULT_COLOR_FIX
@@ -140,6 +140,21 @@ class CCSRPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ building blocks
     @property
+    def _execution_device(self) -> torch.device:
+        """diffusers' property walks every module of every component at each access (7 ms on the full-size
+        model on a 2-core CPU, read 3-5 times per call); here it is remembered for as long as the networks'
+        weights stay where they are, and never remembered while offloading hooks are attached."""
+        nets = [m for m in (self.unet, self.controlnet, self.vae, self.text_encoder) if m is not None]
+        if any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in nets):
+            return super()._execution_device
+        key = tuple(next(m.parameters()).device for m in nets)
+        cached = getattr(self, "_device_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, super()._execution_device)
+            self._device_cache = cached
+        return cached[1]
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -189,9 +204,9 @@ class CCSRPipeline(DiffusionPipeline):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in ``[0, 1]``; an fp16 decode that overflows is redone in fp32."""
         z = latents / self.vae.config.scaling_factor
-        img = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
-        if self.vae.dtype != torch.float32 and not torch.isfinite(img).all():
-            dtype = self.vae.dtype
+        img = self.vae.decode(z.to(module_dtype(self.vae)), return_dict=False)[0]
+        if module_dtype(self.vae) != torch.float32 and not torch.isfinite(img).all():
+            dtype = module_dtype(self.vae)
             self.vae.to(torch.float32)
             try:
                 img = self.vae.decode(z.float(), return_dict=False)[0]
@@ -311,7 +326,7 @@ class CCSRPipeline(DiffusionPipeline):
         if vae_tiling:
             self.vae.enable_tiling()
         try:
-            dist = self.vae.encode((canvas * 2 - 1).to(self.vae.dtype)).latent_dist
+            dist = self.vae.encode((canvas * 2 - 1).to(module_dtype(self.vae))).latent_dist
             z = dist.sample(generator=generator) if lr_latent == "sample" else dist.mode()
             z_lr = z.float() * self.vae.config.scaling_factor
             alphas = self.scheduler.alphas_cumprod

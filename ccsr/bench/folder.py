@@ -84,6 +84,18 @@ def upscale_command(
     return cmd
 
 
+def same_pixels(a: Path, b: Path) -> bool:
+    """Whether every PNG of folder ``a`` has the same pixels as its namesake in ``b``."""
+    import numpy as np
+
+    files = sorted(a.glob("*.png"))
+    return bool(files) and all(
+        (b / f.name).is_file()
+        and np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(b / f.name)))
+        for f in files
+    )
+
+
 def upscale_run(settings, model, precision: str, steps: int, src: Path, dst: Path, color_fix: str) -> dict:
     """Run ``ccsr upscale`` on ``src`` as a subprocess; its loop's throughput, start-up and model load."""
     cmd = upscale_command(settings, model, precision, steps, src, dst, color_fix)

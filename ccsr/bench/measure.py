@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ccsr.bench.folder import bare_loop, upscale_run, write_inputs
+from ccsr.bench.folder import bare_loop, same_pixels, upscale_run, write_inputs
 from ccsr.bench.setup import DTYPES, BenchSettings, load_pipeline, machine, sdpa_context, test_images, workdir
 from ccsr.bench.stages import NETWORK_STAGES, STAGES, StageTimer
 
@@ -60,6 +60,10 @@ def run_bench(settings: BenchSettings) -> dict:
                 if "folder" in run and up.get("steady_images_per_s"):
                     up["ratio_to_bare_loop"] = round(
                         up["steady_images_per_s"] / run["folder"]["steady_images_per_s"], 3
+                    )
+                    # the comparison is fair only if both made the same images
+                    up["same_outputs_as_bare_loop"] = same_pixels(
+                        Path(tmp) / f"bare{steps}", Path(tmp) / f"up{steps}"
                     )
                 run["upscale"] = up
             run["verdict"] = verdict(run)
