@@ -139,3 +139,18 @@ def test_remembered_device_and_dtype_follow_the_weights():
     assert module_dtype(pipe.unet) == pipe.unet.dtype == torch.float32
     pipe.to("meta")
     assert pipe._execution_device == DiffusionPipeline._execution_device.fget(pipe) == torch.device("meta")
+
+
+def test_uint8_quantisation_where_the_tensor_is_matches_the_host_float_path():
+    """tensor_to_uint8 rounds on the tensor's device (one uint8 copy from a GPU): same bits as the former
+    host path (float32 copy, then NumPy), ties included."""
+    from ccsr.image import tensor_to_uint8
+
+    k = torch.arange(256, dtype=torch.float32)
+    edges = torch.cat(
+        [k / 255, (k + 0.5) / 255, (k + 0.5) / 255 - 1e-7, torch.rand(4096), torch.tensor([-0.1, 1.2])]
+    )
+    x = torch.cat([edges, torch.rand(3 * 32 * 51 - edges.numel())]).reshape(1, 3, 32, 51)
+    ref = (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
+    assert np.array_equal(tensor_to_uint8(x), ref)
+    assert np.array_equal(tensor_to_uint8(x.to(torch.float64)), ref)
