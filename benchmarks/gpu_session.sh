@@ -6,7 +6,7 @@
 #   OUT=/tmp/dry bash benchmarks/gpu_session.sh --device cpu   # dry run: ccsr-tiny at tiny sizes, same commands
 #
 # The GPU image holds torch, transformers and accelerate but not diffusers: --prepare downloads its wheel
-# (and importlib_metadata) into .gpu_wheels/, which git ignores (.git/info/exclude) and which must travel
+# (and importlib_metadata) into .gpu_wheels/, which git ignores (.gitignore) and which must travel
 # with the repository (the device tool's `carry: [".gpu_wheels"]`). Without the folder, pip asks PyPI.
 #
 # Each measurement is one `ccsr bench` run; its JSON becomes one line of $OUT/results.jsonl the moment it
@@ -35,7 +35,6 @@ if [ "$MODE" = prepare ]; then
   mkdir -p "$WHEELS"
   DIFFUSERS=$($PY -c "from importlib.metadata import version; print(version('diffusers'))" 2>/dev/null || echo 0.42.1)
   $PY -m pip download --no-deps -d "$WHEELS" "diffusers==$DIFFUSERS" importlib_metadata
-  grep -qxF "/.gpu_wheels/" "$REPO/.git/info/exclude" 2>/dev/null || echo "/.gpu_wheels/" >>"$(git -C "$REPO" rev-parse --git-common-dir)/info/exclude"
   ls -l "$WHEELS"
   exit 0
 fi
