@@ -11,7 +11,7 @@
 #
 # Each measurement is one `ccsr bench` run; its JSON becomes one line of $OUT/results.jsonl the moment it
 # ends (so a run cut short keeps what finished), its text goes to $OUT/log.txt. Runs go from the most to the
-# least important, each under its own time limit, and none starts after $BUDGET seconds (default 540).
+# least important, each under its own time limit, and none starts after $BUDGET seconds (default 480).
 # Levers are measured one at a time against the eager bf16 baseline: channels_last, SDPA backend,
 # torch.compile, torch.compile with CUDA graphs (mode reduce-overhead); then the folder run (64 images
 # 128 -> 512, bare loop vs `ccsr upscale`) and 512 -> 2048 tiled with peak memory.
@@ -40,7 +40,7 @@ if [ "$MODE" = prepare ]; then
 fi
 
 OUT=${OUT:?set OUT to the folder for the results}
-BUDGET=${BUDGET:-540}
+BUDGET=${BUDGET:-480}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt
 RESULTS=$OUT/results.jsonl
@@ -104,16 +104,21 @@ EOF
   echo "== $name: exit $rc at $SECONDS s" >>"$LOG"
 }
 
-# 1. latency, S1 and S2, eager baselines and each lever on its own
-bench eager-bf16 120 $S1 --steps 1 2 --precision bf16 --repeats $R --images 0
-bench channels-last-bf16 120 $S1 --steps 1 2 --precision bf16 --repeats $R --images 0 --channels-last --no-flops
-bench sdpa-cudnn-bf16 120 $S1 --steps 1 --precision bf16 --repeats $R --images 0 --sdpa cudnn --no-flops
-bench sdpa-flash-bf16 120 $S1 --steps 1 --precision bf16 --repeats $R --images 0 --sdpa flash --no-flops
-bench eager-fp16 120 $S1 --steps 1 --precision fp16 --repeats $R --images 0 --no-flops
-bench compile-bf16 300 $S1 --steps 1 2 --precision bf16 --repeats $R --images 0 --warmup $W --channels-last --compile --no-flops
-bench cudagraphs-bf16 300 $S1 --steps 1 2 --precision bf16 --repeats $R --images 0 --warmup $W --channels-last --compile --compile-mode reduce-overhead --no-flops
-# 2. folder throughput: 64 images 128 -> 512, S1, the bare loop and `ccsr upscale` (default workers)
+# Most important first: compiling takes minutes, so the lever runs that compile come after the cheap ones
+# they are compared with, and S2 compiled (another batch size, another compile) comes last.
+CL="--channels-last --compile"
+LAT="--precision bf16 --repeats $R --images 0"
+bench eager-bf16 150 $S1 --steps 1 2 $LAT                                   # baseline, with FLOP counts
+bench cudagraphs-bf16-s1 300 $S1 --steps 1 $LAT --warmup $W $CL --compile-mode reduce-overhead --no-flops
 bench folder-bf16 240 $S1 --steps 1 --precision bf16 --repeats $RC --images $N --compare-upscale --no-flops
-# 3. large images: 512 -> 2048, S1, latent + VAE tiling, tiles batched; peak memory
 bench tiled-2048-bf16 240 $BIG --steps 1 --precision bf16 --repeats 2 --images 0 --no-flops
+bench channels-last-bf16 120 $S1 --steps 1 2 $LAT --channels-last --no-flops
+bench sdpa-cudnn-bf16 120 $S1 --steps 1 $LAT --sdpa cudnn --no-flops
+bench sdpa-flash-bf16 120 $S1 --steps 1 $LAT --sdpa flash --no-flops
+bench eager-fp16 120 $S1 --steps 1 --precision fp16 --repeats $R --images 0 --no-flops
+bench compile-bf16-s1 300 $S1 --steps 1 $LAT --warmup $W $CL --no-flops
+bench cudagraphs-bf16-s2 300 $S1 --steps 2 $LAT --warmup $W $CL --compile-mode reduce-overhead --no-flops
+# (ccsr upscale has no --compile-mode: in this comparison it compiles in torch's default mode)
+bench folder-cudagraphs-bf16 300 $S1 --steps 1 --precision bf16 --repeats $RC --images $N --warmup $W $CL \
+  --compile-mode reduce-overhead --compare-upscale --no-flops
 echo "done at $SECONDS s" >>"$LOG"
