@@ -49,12 +49,20 @@ export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFF
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/ccsr-inductor}  # compiled graphs shared by runs
 cd "$REPO"
 
+if ! $PY -c "import torch" >>"$LOG" 2>&1; then
+  echo "$PY has no torch (see $LOG): run with PYTHON set to the interpreter that has it" | tee -a "$LOG" >&2
+  exit 1
+fi
 if ! $PY -c "import diffusers" 2>/dev/null; then
   if [ -d "$WHEELS" ]; then
-    $PY -m pip install --no-index --find-links "$WHEELS" diffusers importlib_metadata >>"$LOG" 2>&1
+    $PY -m pip install --no-index --no-deps --find-links "$WHEELS" diffusers importlib_metadata >>"$LOG" 2>&1
   else
     $PY -m pip install diffusers >>"$LOG" 2>&1
   fi
+fi
+if ! $PY -c "import torch, diffusers, transformers, accelerate" >>"$LOG" 2>&1; then
+  echo "$PY cannot import torch, diffusers, transformers and accelerate (see $LOG); set PYTHON" | tee -a "$LOG" >&2
+  exit 1
 fi
 {
   date -u
