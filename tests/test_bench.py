@@ -86,7 +86,7 @@ def test_bench_text_and_refusals(capsys):
 
 
 def test_stage_timer_changes_nothing_and_detaches(tiny_pipe, photo):
-    import ccsr.pipeline as module
+    import ccsr.color as module
 
     def run():
         gen = torch.Generator().manual_seed(0)

@@ -156,7 +156,6 @@ def measure_steps(pipe, timer: StageTimer, image, settings: BenchSettings, steps
         "per_image_s": stats(per_image),
         "staged_total_s": stats(totals),
         "stages": {s: {**stats(v), "calls": stage_calls.get(s, 0)} for s, v in stage_s.items()},
-        "missing_stages": list(timer.missing),
     }
     if flops is not None:
         net_s = sum(run["stages"][s]["median"] for s in NETWORK_STAGES if s != "prompt")

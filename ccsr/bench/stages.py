@@ -2,7 +2,7 @@
 
 :class:`StageTimer` puts forward hooks on the pipeline's own networks (text encoder, ControlNet, UNet),
 wraps the VAE's ``encode`` / ``decode`` methods on the instance, and swaps the post-processing functions
-that :mod:`ccsr.pipeline` calls by name (colour fix, resize, tensor -> PIL) for timed ones while
+(colour fix, resize, tensor -> image), in every ``ccsr`` module that imported them, for timed ones while
 :meth:`StageTimer.patched` is active. On CUDA every stage boundary synchronises the device, so a stage's
 time is its kernels' time. While ``active`` is false the hooks return at once, so they can stay in place
 across ``torch.compile`` (registering hooks after compiling would make torch recompile).
@@ -14,6 +14,8 @@ stage also records the floating-point operations its kernels did.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -24,8 +26,13 @@ import torch
 HOOKED_MODULES = {"prompt": "text_encoder", "controlnet": "controlnet", "unet": "unet"}
 #: stage name -> method of ``pipe.vae`` wrapped on the instance
 VAE_METHODS = {"encode": "encode", "decode": "decode"}
-#: stage name -> function that ``ccsr.pipeline`` looks up by name at call time
-PIPELINE_FUNCTIONS = {"colour fix": "apply_color_fix", "resize": "resize_float", "to image": "tensor_to_pil"}
+#: stage name -> post-processing functions (home module, name); every ``ccsr`` module that imported one
+#: by name gets the timed version while :meth:`StageTimer.patched` is active, wherever the pipeline calls it
+PIPELINE_FUNCTIONS = {
+    "colour fix": (("ccsr.color", "apply_color_fix"),),
+    "resize": (("ccsr.image", "resize_float"),),
+    "to image": (("ccsr.image", "tensor_to_pil"), ("ccsr.image", "tensor_to_uint8")),
+}
 #: every stage a pipeline call is split into, in the order they run; ``png encode`` is timed by the caller
 NETWORK_STAGES = ("prompt", "encode", "controlnet", "unet", "decode")
 STAGES = NETWORK_STAGES + tuple(PIPELINE_FUNCTIONS) + ("png encode",)
@@ -41,8 +48,8 @@ class StageTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.flops: dict[str, int] = defaultdict(int)
-        self.missing: list[str] = []  # stages whose function the pipeline module does not have
         self._start: dict[str, tuple[float, int]] = {}
+        self._depth: dict[str, int] = defaultdict(int)  # a stage inside itself counts once
         self._counter = None
         self._handles: list = []
         self._attach()
@@ -62,11 +69,16 @@ class StageTimer:
 
     def begin(self, stage: str) -> None:
         if self.active:
-            self.sync()
-            self._start[stage] = (time.perf_counter(), self._flops_now())
+            self._depth[stage] += 1
+            if self._depth[stage] == 1:
+                self.sync()
+                self._start[stage] = (time.perf_counter(), self._flops_now())
 
     def end(self, stage: str) -> None:
         if self.active and stage in self._start:
+            self._depth[stage] -= 1
+            if self._depth[stage] > 0:
+                return
             self.sync()
             t0, f0 = self._start.pop(stage)
             self.seconds[stage] += time.perf_counter() - t0
@@ -110,22 +122,25 @@ class StageTimer:
     @contextlib.contextmanager
     def patched(self) -> Iterator[StageTimer]:
         """Active, with the pipeline module's post-processing functions timed, for the ``with`` block."""
-        import ccsr.pipeline as module
-
-        saved = {}
-        self.missing = [s for s, name in PIPELINE_FUNCTIONS.items() if not hasattr(module, name)]
-        for stage, name in PIPELINE_FUNCTIONS.items():
-            if hasattr(module, name):
-                saved[name] = getattr(module, name)
-                setattr(module, name, self.timed(stage, saved[name]))
+        saved = []  # (module, attribute, original)
+        for stage, functions in PIPELINE_FUNCTIONS.items():
+            for home, name in functions:
+                original = getattr(importlib.import_module(home), name)
+                timed = self.timed(stage, original)
+                for module in [m for k, m in list(sys.modules.items()) if k.split(".")[0] == "ccsr" and m]:
+                    for attr, value in list(vars(module).items()):
+                        if value is original:
+                            saved.append((module, attr, original))
+                            setattr(module, attr, timed)
         self.active = True
         try:
             yield self
         finally:
             self.active = False
             self._start.clear()
-            for name, fn in saved.items():
-                setattr(module, name, fn)
+            self._depth.clear()
+            for module, attr, original in reversed(saved):
+                setattr(module, attr, original)
 
     @contextlib.contextmanager
     def count_flops(self) -> Iterator[StageTimer]:
