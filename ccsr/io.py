@@ -368,17 +368,29 @@ def _encode_16bit(
     return out
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
+
+
+def png_add_text(png: bytes, text: dict[str, str]) -> bytes:
+    """``png`` with one UTF-8 ``iTXt`` chunk per ``{keyword: text}`` after ``IHDR``; pixels untouched.
+
+    Readers: ``PIL.Image.open(f).text[keyword]``, ``exiftool``, most image viewers' "properties"."""
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError("png_add_text needs PNG file bytes")
+    extra = b"".join(
+        _png_chunk(b"iTXt", k.encode("latin-1") + b"\x00\x00\x00\x00\x00" + v.encode("utf-8"))
+        for k, v in text.items()
+    )
+    end_of_ihdr = 8 + 8 + 13 + 4
+    return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
+
+
 def _png_insert_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     """Insert ``iCCP`` and ``eXIf`` chunks right after ``IHDR`` (both must precede ``IDAT``)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
+    chunk = _png_chunk
     extra = b""
     if icc:
         extra += chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))

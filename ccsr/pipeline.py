@@ -1,4 +1,4 @@
-"""``CCSRPipeline``: CCSR-v2 inference (spec §1.3-1.9) as a diffusers pipeline.
+"""``CCSRPipeline``: CCSR-v2 inference (docs/algorithm.md §1.3-1.9) as a diffusers pipeline.
 
 >>> pipe = CCSRPipeline.from_pretrained("preset/models", torch_dtype=torch.float16).to("cuda")
 >>> out = pipe(Image.open("lr.png"), steps=1, generator=torch.Generator().manual_seed(0))
@@ -19,18 +19,16 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ccsr.color import COLOR_FIXES, apply_color_fix
-from ccsr.denoiser import denoise, module_dtype
-from ccsr.diffusion import add_noise, predict_x0
-from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
-from ccsr.models.loading import DEFAULT_COLOR_FIX
+from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
+from ccsr.image import make_canvas, pil_to_tensor, plan_resize
+from ccsr.models.loading import REFERENCE_DEFAULTS
+from ccsr.options import check_color_fix, check_postprocess, check_tile_window
+from ccsr.postprocess import finish_images
+from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import tiled_apply
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
-InitialPrompt = Literal["reference", "positive", "cfg"]
-INITIAL_PROMPTS = ("reference", "positive", "cfg")
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 
 
@@ -62,8 +60,14 @@ class CCSRPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self._prompt_cache: dict[tuple, torch.Tensor] = {}
-        #: what ``color_fix=None`` means: the loaded folder's ``inference_defaults.json``, else adain
-        self.default_color_fix = DEFAULT_COLOR_FIX
+        #: what ``color_fix`` / ``postprocess`` / ``tile_window=None`` mean: the loaded folder's
+        #: ``inference_defaults.json``, else the authors' behaviour (:data:`REFERENCE_DEFAULTS`)
+        self.inference_defaults = dict(REFERENCE_DEFAULTS)
+
+    @property
+    def default_color_fix(self) -> str:
+        """What ``color_fix=None`` means (``inference_defaults["color_fix"]``)."""
+        return self.inference_defaults["color_fix"]
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -79,7 +83,7 @@ class CCSRPipeline(DiffusionPipeline):
     ) -> CCSRPipeline:
         """Load from the official release layout, a single folder, or a Hub repo id (see
         :mod:`ccsr.models.loading`). ``base``/``controlnet``/``vae`` override single components."""
-        from ccsr.models.loading import load_components, recommended_color_fix
+        from ccsr.models.loading import load_components, recommended_settings
 
         c = load_components(
             pretrained_model_name_or_path,
@@ -91,7 +95,7 @@ class CCSRPipeline(DiffusionPipeline):
         )
         pipe = cls(c.unet, c.controlnet, c.vae, c.text_encoder, c.tokenizer, c.scheduler)
         pipe.component_paths = c.paths
-        pipe.default_color_fix = recommended_color_fix(c.paths.root)
+        pipe.inference_defaults = recommended_settings(c.paths.root)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: object) -> None:
@@ -106,9 +110,11 @@ class CCSRPipeline(DiffusionPipeline):
         self.text_encoder.save_pretrained(os.path.join(root, "text_encoder"), safe_serialization=True)
         self.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(root, "scheduler"))
-        save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"))
-        if self.default_color_fix != DEFAULT_COLOR_FIX:
-            write_inference_defaults(root, self.default_color_fix)
+        kind = self.scheduler.config.prediction_type
+        save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"), kind)
+        own = {k: v for k, v in self.inference_defaults.items() if v != REFERENCE_DEFAULTS[k]}
+        if own:
+            write_inference_defaults(root, **own)
 
     # ------------------------------------------------------------------ speed
     def optimize(
@@ -156,21 +162,15 @@ class CCSRPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
-    @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Last hidden state of the text encoder, ``(1, 77, D)``; cached per prompt."""
         key = (prompt, str(self._execution_device), self.text_encoder.dtype)
         if key not in self._prompt_cache:
-            ids = self.tokenizer(
-                prompt,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self._execution_device)
-            self._prompt_cache[key] = self.text_encoder(ids)[0]
+            self._prompt_cache[key] = encode_prompts(
+                self.text_encoder, self.tokenizer, prompt, self._execution_device
+            )
         return self._prompt_cache[key]
 
     def resolve_schedule(
@@ -202,17 +202,8 @@ class CCSRPipeline(DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in ``[0, 1]``; an fp16 decode that overflows is redone in fp32."""
-        z = latents / self.vae.config.scaling_factor
-        img = self.vae.decode(z.to(module_dtype(self.vae)), return_dict=False)[0]
-        if module_dtype(self.vae) != torch.float32 and not torch.isfinite(img).all():
-            dtype = module_dtype(self.vae)
-            self.vae.to(torch.float32)
-            try:
-                img = self.vae.decode(z.float(), return_dict=False)[0]
-            finally:
-                self.vae.to(dtype)
-        return (img.float() / 2 + 0.5).clamp(0, 1)
+        """Latents -> images in ``[0, 1]`` (:func:`ccsr.encoding.decode_latent`)."""
+        return (decode_latent(self.vae, latents) / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -230,6 +221,7 @@ class CCSRPipeline(DiffusionPipeline):
         upscale: int = 4,
         process_size: int = 512,
         color_fix: str | None = None,
+        postprocess: str | None = None,
         start_timestep: int = DEFAULT_START_TIMESTEP,
         start_point: Literal["lr", "noise"] = "lr",
         initial_prompt: InitialPrompt = "reference",
@@ -240,6 +232,7 @@ class CCSRPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         tile_batch: int = 1,
+        tile_window: str | None = None,
         vae_tiling: bool = False,
         output_type: Literal["pil", "np", "pt", "latent"] = "pil",
         return_dict: bool = True,
@@ -253,6 +246,9 @@ class CCSRPipeline(DiffusionPipeline):
             upscale, process_size: the reference's resize plan (:func:`ccsr.image.plan_resize`).
             color_fix: ``"adain"`` (reference), ``"wavelet"`` or ``"none"``; ``None``: the model's
                 recommendation (:attr:`default_color_fix`: its ``inference_defaults.json``, else adain).
+            postprocess: ``"reference"``: the authors' 8-bit order (round, colour fix, truncate, resize;
+                their exact files); ``"float"``: colour fix and resize in float, one rounding
+                (:mod:`ccsr.postprocess`). ``None``: the model's recommendation, else ``"reference"``.
             start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
             initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
                 ``"reference"`` uses the negative prompt (as the published code and results),
@@ -264,6 +260,9 @@ class CCSRPipeline(DiffusionPipeline):
             tile_size, tile_stride: latent-tiled diffusion with windows of this many *pixels*
                 (reference: 512 / 256); ``None`` runs the whole latent at once.
             tile_batch: tiles per network call when tiling.
+            tile_window: tile blending weight, ``"reference"`` (the authors' Gaussian, off-centre
+                vertically) or ``"symmetric"`` (:func:`ccsr.tiling.gaussian_weights`). ``None``: the
+                model's recommendation, else ``"reference"``.
             vae_tiling: tiled VAE encode/decode (diffusers ``enable_tiling``) for large images.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (float in [0, 1]) or ``"latent"``.
         """
@@ -277,8 +276,9 @@ class CCSRPipeline(DiffusionPipeline):
             )
         if color_fix is None:
             color_fix = self.default_color_fix
-        if color_fix not in COLOR_FIXES and color_fix != "nofix":
-            raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+        postprocess = check_postprocess(postprocess or self.inference_defaults["postprocess"])
+        tile_window = check_tile_window(tile_window or self.inference_defaults["tile_window"])
+        color_fix = check_color_fix(color_fix)
         if start_point not in ("lr", "noise"):
             raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")
         if initial_prompt not in INITIAL_PROMPTS:
@@ -326,73 +326,31 @@ class CCSRPipeline(DiffusionPipeline):
         if vae_tiling:
             self.vae.enable_tiling()
         try:
-            dist = self.vae.encode((canvas * 2 - 1).to(module_dtype(self.vae))).latent_dist
-            z = dist.sample(generator=generator) if lr_latent == "sample" else dist.mode()
-            z_lr = z.float() * self.vae.config.scaling_factor
-            alphas = self.scheduler.alphas_cumprod
-            kind = self.scheduler.config.prediction_type  # the denoiser's output: epsilon or v (or x0)
+            z_lr = encode_image(self.vae, canvas, generator, lr_latent)
 
-            def model_at(x: torch.Tensor, t: int, guided: bool, single: torch.Tensor) -> torch.Tensor:
-                def fn(xt: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
-                    n = xt.shape[0]
-                    if not guided:
-                        return denoise(
-                            self.unet, self.controlnet, xt, t, single, zt, conditioning_scale
-                        ).float()
-                    emb = torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)])
-                    e = denoise(
-                        self.unet,
-                        self.controlnet,
-                        torch.cat([xt, xt]),
-                        t,
-                        emb,
-                        torch.cat([zt, zt]),
-                        conditioning_scale,
-                    ).float()
-                    e_neg, e_pos = e.chunk(2)
-                    return e_neg + g * (e_pos - e_neg)
-
-                if tiles is None:
-                    return fn(x, z_lr)
-                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch)
-
-            # 5. Extraction step at start_timestep (CCSR's one jump from the LR latent).
-            x = add_noise(z_lr, noise, start_timestep, alphas) if start_point == "lr" else noise
-            if schedule.start_timestep is not None:
-                t0 = schedule.start_timestep
-                if initial_prompt == "cfg" and g > 1.0:
-                    out = model_at(x, t0, True, pos)
-                else:
-                    first = neg if (cfg and initial_prompt == "reference") else pos
-                    out = model_at(x, t0, False, first)
-                x0 = predict_x0(x, out, t0, alphas, kind)
-                x = (
-                    add_noise(x0, self._randn(latent_shape, generator), schedule.tau, alphas)
-                    if schedule.loop
-                    else x0
-                )
-
-            # 6. Truncated DDPM loop with classifier-free guidance.
-            for i, t in enumerate(schedule.loop):
-                out = model_at(x, t, cfg, pos)
-                if schedule.final_x0 and i == len(schedule.loop) - 1:
-                    x = predict_x0(x, out, t, alphas, kind)
-                else:
-                    x = self.scheduler.step(out, t, x, generator=generator, return_dict=False)[0].float()
+            # 5-6. Extraction step, re-noising, truncated DDPM loop (docs/algorithm.md §1.5).
+            x = sample_clean_latent(
+                self.unet,
+                self.controlnet,
+                self.scheduler,
+                schedule,
+                z_lr,
+                noise,
+                Prompts(pos, neg, g, initial_prompt),
+                start_timestep=start_timestep,
+                start_point=start_point,
+                conditioning_scale=conditioning_scale,
+                tiles=None if tiles is None else Tiles(*tiles, tile_batch, tile_window),
+                generator=generator,
+            )
 
             if output_type == "latent":
                 result: object = x
             else:
                 # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
-                sr = self._decode(x)
-                sr = apply_color_fix(sr, canvas, color_fix)
-                sr = resize_float(sr, plan.output_size).clamp(0, 1)
-                if output_type == "pil":
-                    result = tensor_to_pil(sr)
-                elif output_type == "np":
-                    result = sr.permute(0, 2, 3, 1).cpu().numpy()
-                else:
-                    result = sr
+                result = finish_images(
+                    self._decode(x), canvas, color_fix, plan.output_size, postprocess, output_type
+                )
         finally:
             if vae_tiling:
                 self.vae.disable_tiling()

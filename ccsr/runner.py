@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ccsr import consistency_run
 from ccsr.discovery import InputError, InputFile, assign_outputs, check_writable, discover
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
 from ccsr.manifest import (
@@ -54,8 +55,11 @@ from ccsr.upscale_loop import Job, RunDir, Task, process
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def run_upscale(cfg: UpscaleConfig) -> int:
-    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted)."""
+def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
+    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted).
+
+    ``pipe``: a pipeline already loaded by :func:`load_pipeline` for the same model, device and
+    precision (``ccsr app`` keeps one across runs); None loads it when there is work to do."""
     wall0 = time.perf_counter()
     started = now_iso()
     try:
@@ -96,7 +100,9 @@ def run_upscale(cfg: UpscaleConfig) -> int:
             for f in pre_failures:
                 log.failure(f)
         load_s = 0.0
-        if shard:
+        if shard and pipe is not None:
+            process(shard, pipe, cfg, log, tally)
+        elif shard:
             t = time.perf_counter()
             try:
                 pipe = _load_pipeline(cfg, device, dtype_name)
@@ -144,7 +150,7 @@ def run_upscale(cfg: UpscaleConfig) -> int:
                 total,
                 run.skipped,
             )
-        per_image = cfg.samples * len(cfg.steps)
+        per_image = consistency_run.outputs_per_image(cfg) * len(cfg.steps)
         line = summary_line(total, skipped_images, len(jobs) + len(pre_failures), wall, load_s, per_image)
         log_summary = {
             **base["timings"],
@@ -167,7 +173,7 @@ def run_upscale(cfg: UpscaleConfig) -> int:
 
 # ---------------------------------------------------------------------------------------------- planning
 def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Failure], dict, str, list[str]]:
-    from ccsr.models.loading import recommended_color_fix, resolve_paths
+    from ccsr.models.loading import check_base_matches, recommended_settings, resolve_paths
     from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
     from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
 
@@ -193,15 +199,28 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
             + ("; sub-folders need --recursive)" if found.ignored_subfolders else ")")
         )
     planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES)]
-    planned += [r.dir / rel_for(f, k) for r in runs for f in files for k in range(cfg.samples)]
+    planned += [
+        r.dir / rel
+        for r in runs
+        for f in files
+        for rel in consistency_run.output_rels(cfg, f.output_rel(ext), lambda k, f=f: rel_for(f, k))
+    ]
     check_writable(planned, out_root, found)
 
     try:
         root = resolve_model_root(cfg.model)
         paths = resolve_paths(root, cfg.base, cfg.controlnet, cfg.vae)
-        color_fix = cfg.color_fix or recommended_color_fix(paths.root)
+        check_base_matches(paths)
+        recommended = recommended_settings(paths.root)  # the model folder's inference_defaults.json
+        color_fix = cfg.color_fix or recommended["color_fix"]
+        postprocess = cfg.postprocess or recommended["postprocess"]
+        tile_window = cfg.tile_window or recommended["tile_window"]
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
+    try:
+        consistency_run.check_available(cfg)
+    except ValueError as e:
+        raise InputError(f"--consensus-distance {cfg.consensus_distance}: {e}") from None
     identity = model_identity(paths.as_dict())
     dtype_name = cfg.resolved_precision(device.type)
     for run in runs:
@@ -229,11 +248,15 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
             "scale": cfg.scale,
             "process_size": cfg.process_size,
             "color_fix": color_fix,
+            "postprocess": postprocess,
+            "tile_window": tile_window,
             "precision": dtype_name,
             "tiling": cfg.tiling_settings(),
             "format": cfg.output_format,
             "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
         }
+        if consistency_run.select_settings(cfg):
+            run.settings["select"] = consistency_run.select_settings(cfg)
         run.hash = settings_hash(run.settings)
 
     manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
@@ -246,16 +269,28 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
             continue
         tasks = []
         for run in runs:
-            for k in range(cfg.samples):
-                rel = rel_for(f, k)
-                want = Expected(run.hash, cfg.seed + k, st.st_size, st.st_mtime_ns)
+
+            def todo(rel: str, seed: int, settings: str, run=run, st=st) -> bool:
+                want = Expected(settings, seed, st.st_size, st.st_mtime_ns)
                 status, why = output_status(run.dir, rel, manifests[id(run)].get(rel), want)
                 if status == "done" and not cfg.overwrite:
                     run.skipped += 1
                 elif status == "conflict" and not cfg.overwrite:
                     conflicts.append((run, rel, why))
                 else:
-                    tasks.append(Task(run, k, rel))
+                    return True
+                return False
+
+            if consistency_run.active(cfg):
+                tasks += consistency_run.plan_tasks(
+                    run, f.output_rel(ext), cfg, lambda k, f=f: rel_for(f, k), todo
+                )
+            else:
+                tasks += [
+                    Task(run, k, rel_for(f, k))
+                    for k in range(cfg.samples)
+                    if todo(rel_for(f, k), cfg.seed + k, run.hash)
+                ]
         jobs.append(Job(f, tasks))
     if conflicts:
         raise InputError(_conflict_message(conflicts))
@@ -311,6 +346,12 @@ def _init_state(requested: str):
     if device.type == "cpu":
         device = torch.device("cpu")
     return state, device
+
+
+def load_pipeline(cfg: UpscaleConfig):
+    """The pipeline :func:`run_upscale` loads for ``cfg`` (model, device, precision, speed options)."""
+    _, device = _init_state(cfg.device)
+    return _load_pipeline(cfg, device, cfg.resolved_precision(device.type))
 
 
 def _load_pipeline(cfg: UpscaleConfig, device, dtype_name: str):

@@ -1,6 +1,6 @@
 """Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
 
-Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
+Defaults reproduce the paper's one-step setting (CCSR-S1, docs/algorithm.md §1.1/§8.5): 1 denoiser evaluation,
 x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix
 defaults to the model's recommendation (``inference_defaults.json`` in its folder), else AdaIN.
 """
@@ -8,15 +8,13 @@ defaults to the model's recommendation (``inference_defaults.json`` in its folde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
+from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
-COLOR_FIXES = ("adain", "wavelet", "none")
-#: ``--model tiny``: the small model shipped inside the package (single-folder layout).
-TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,15 @@ class UpscaleConfig:
     scale: int = 4
     process_size: int = 512
     color_fix: str | None = None  # None: the model folder's recommendation, else "adain" (reference)
+    postprocess: str | None = None  # None: the model folder's recommendation, else "reference"
+    tile_window: str | None = None  # None: the model folder's recommendation, else "reference"
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
+    # consistency over the K samples (ccsr.consistency): a std heat map, one output picked or averaged
+    uncertainty_map: bool = False
+    select: str | None = None  # None (write every sample), "consensus" or "mean"
+    consensus_distance: str = "l1-y"
     # execution
     precision: str = "auto"
     device: str = "auto"
@@ -89,11 +93,33 @@ class UpscaleConfig:
             "--num-inference-steps must be >= 1",
         )
         need(self.samples >= 1, f"--samples {self.samples} must be >= 1")
+        from ccsr.consistency import DISTANCES, SELECTIONS
+
+        need(
+            self.samples >= 2 or not (self.uncertainty_map or self.select),
+            "--uncertainty-map and --select compare the samples of an image: give --samples K with K >= 2",
+        )
+        need(
+            self.select is None or self.select in SELECTIONS,
+            f"--select {self.select!r}: choose one of {SELECTIONS}",
+        )
+        need(
+            self.consensus_distance in DISTANCES,
+            f"--consensus-distance {self.consensus_distance!r}: choose one of {DISTANCES}",
+        )
         need(self.scale >= 1, f"--scale {self.scale} must be a positive integer")
         need(self.process_size >= 0, f"--process-size {self.process_size} must be >= 0")
         need(
             self.color_fix is None or self.color_fix in COLOR_FIXES,
             f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
+        )
+        need(
+            self.postprocess is None or self.postprocess in POSTPROCESS_MODES,
+            f"--postprocess {self.postprocess!r}: choose one of {POSTPROCESS_MODES}",
+        )
+        need(
+            self.tile_window is None or self.tile_window in TILE_WINDOWS,
+            f"--tile-window {self.tile_window!r}: choose one of {TILE_WINDOWS}",
         )
         need(
             self.start_point in ("lr", "noise"), f"--start-point {self.start_point!r}: choose 'lr' or 'noise'"
@@ -162,15 +188,3 @@ class UpscaleConfig:
             self.tiling == "on" or (self.tiling == "auto" and big),
             self.vae_tiling == "on" or (self.vae_tiling == "auto" and big),
         )
-
-
-def resolve_model_root(model: str) -> str:
-    """``tiny`` -> the shipped ccsr-tiny folder; anything else is passed on (a folder or a Hub repo id)."""
-    if model == "tiny":
-        if not TINY_MODEL_DIR.is_dir():
-            raise FileNotFoundError(
-                f"the shipped ccsr-tiny model is not part of this installation (expected {TINY_MODEL_DIR}); "
-                "pass --model with a folder or Hub repo id of CCSR-v2 weights"
-            )
-        return str(TINY_MODEL_DIR)
-    return model

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ccsr.consistency_run import derive_output
 from ccsr.discovery import InputFile
 from ccsr.io import (
     ImageData,
@@ -51,11 +52,18 @@ class RunDir:
 
 @dataclass(frozen=True)
 class Task:
-    """One output to make: sample ``sample`` of an image into ``run``."""
+    """One output to make: sample ``sample`` of an image into ``run``.
+
+    With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.consistency_run`) a sample may be computed
+    only to derive other outputs (``rel`` None: not written), and ``kind`` names a derived output
+    ("std", "consensus", "mean") made from the image's samples once they are all computed.
+    """
 
     run: RunDir
     sample: int
-    rel: str  # output path relative to the run folder
+    rel: str | None  # output path relative to the run folder; None: computed, not written
+    kind: str = "sample"
+    settings: str | None = None  # settings hash recorded for this output (default: the run's)
 
 
 @dataclass
@@ -139,13 +147,22 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                 continue
             t0 = time.perf_counter()
             ok = 0
-            for task in job.tasks:
+            derived = [t for t in job.tasks if t.kind != "sample"]
+            kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
+            for task in [t for t in job.tasks if t.kind == "sample"] + derived:
                 try:
-                    sr, info = _upscale(pipe, loaded, task, cfg)
+                    if task.kind == "sample":
+                        sr, info = _upscale(pipe, loaded, task, cfg)
+                    else:
+                        sr, info = derive_output(task, kept, cfg)
                 except Exception as e:  # one image's model failure must not end a 10k-image run
                     _fail(tally, log, Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)), lock)
                     continue
                 ok += 1
+                if derived and task.kind == "sample":
+                    kept[(task.run.dir, task.sample)] = (sr, info)
+                if task.rel is None:
+                    continue
                 if writers is None:
                     _finish_write(job, task, loaded, sr, info, cfg, tally, log, lock)
                 else:
@@ -205,6 +222,8 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
 
     canvas = plan_resize(loaded.image.size, cfg.scale, cfg.process_size).canvas_size
     latent_tiles, vae_tiles = cfg.tiling_for(canvas)
+    # The authors' post-processing is 8-bit by definition; 16-bit inputs keep 16 bits through the float path.
+    postprocess = task.run.settings["postprocess"] if loaded.image.bit_depth == 8 else "float"
     kwargs = dict(
         steps=task.run.steps,
         num_inference_steps=cfg.num_inference_steps,
@@ -216,6 +235,8 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
         upscale=cfg.scale,
         process_size=cfg.process_size,
         color_fix=task.run.settings["color_fix"],
+        postprocess=postprocess,
+        tile_window=task.run.settings["tile_window"],
         start_timestep=cfg.start_timestep,
         start_point=cfg.start_point,
         tile_batch=cfg.tile_batch,
@@ -238,7 +259,12 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
         latent_tiles = vae_tiles = True
         out = call(True, True)
     sr = out.images[0].float().cpu().numpy()
-    return sr, {"timesteps": list(out.timesteps), "tiled": latent_tiles, "vae_tiled": vae_tiles}
+    return sr, {
+        "timesteps": list(out.timesteps),
+        "tiled": latent_tiles,
+        "vae_tiled": vae_tiles,
+        "postprocess": postprocess,
+    }
 
 
 def _finish_write(
@@ -256,10 +282,13 @@ def _finish_write(
     img = loaded.image
     out = task.run.dir / task.rel
     try:
-        pixels = to_output_pixels(sr, img.gray, img.bit_depth)
-        data, notes = encode_image(
-            pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
-        )
+        if isinstance(sr, Image.Image):  # a rendered picture (the uncertainty heat map): plain PNG
+            data, notes = encode_image(np.asarray(sr.convert("RGB")), None, "png")
+        else:
+            pixels = to_output_pixels(sr, img.gray, img.bit_depth)
+            data, notes = encode_image(
+                pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
+            )
         st_in = loaded.input_stat
         entry = {
             "input": job.file.rel,
@@ -268,7 +297,7 @@ def _finish_write(
             "sample": task.sample,
             "seed": cfg.seed + task.sample,
             "steps": task.run.steps,
-            "settings": task.run.hash,
+            "settings": task.settings or task.run.hash,
             "input_bytes": st_in.st_size,
             "input_mtime_ns": st_in.st_mtime_ns,
             "input_sha256": img.sha256,

@@ -16,6 +16,8 @@ examples:
   ccsr upscale photos/ out/ --model /weights/ccsr-v2                 # x4, 1 step (the paper's CCSR-S1)
   ccsr upscale photos/ out/ --model /weights/ccsr-v2 --steps 2       # CCSR-S2: 2 evaluations, guidance 4.5
   ccsr upscale photos/ out/ --model M --samples 10 --seed 0          # out/sample00 .. sample09 (stability)
+  ccsr upscale photos/ out/ --model M --samples 5 --uncertainty-map  # + out/<name>_std.png heat maps
+  ccsr upscale photos/ out/ --model M --samples 5 --select consensus # one output: the medoid of 5 seeds
   ccsr upscale photos/ out/ --model M --steps 1 2 4                  # out/steps1, out/steps2, out/steps4
   accelerate launch -m ccsr upscale photos/ out/ --model M           # one share of the images per GPU
 
@@ -27,7 +29,8 @@ failed (listed in OUTPUT_DIR/failures.txt), 2 nothing was run (bad arguments), 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-    from ccsr.upscale_config import COLOR_FIXES, PRECISIONS, TILING_MODES
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+    from ccsr.upscale_config import PRECISIONS, TILING_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
@@ -70,6 +73,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--samples", type=int, default=1, help="outputs per image; K > 1 writes sample00 .. sample{K-1}"
     )
+    from ccsr.consistency import DISTANCES, SELECTIONS
+
+    g = parser.add_argument_group("consistency over the samples (need --samples K, K >= 2)")
+    g.add_argument(
+        "--uncertainty-map",
+        action="store_true",
+        help="also write <name>_std.png beside the outputs: the per-pixel std over the K samples as a heat map",
+    )
+    g.add_argument(
+        "--select",
+        choices=SELECTIONS,
+        help="write one output per image: the sample closest to the others (consensus) or the pixel mean",
+    )
+    g.add_argument(
+        "--consensus-distance",
+        choices=DISTANCES,
+        default="l1-y",
+        help="distance of --select consensus: L1 on the luma (default) or LPIPS (needs its weights)",
+    )
     g = parser.add_argument_group("expert schedule knobs (the reference's; override --steps' preset)")
     g.add_argument("--num-inference-steps", type=int, help="length N of the DDPM timestep grid")
     g.add_argument("--t-max", type=float, help="fraction of the grid kept after the first step (0.6667)")
@@ -94,6 +116,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="colour correction against the input (default: what the model recommends in its "
         "inference_defaults.json, wavelet for --model tiny; adain, the reference's, otherwise)",
+    )
+    g.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_MODES,
+        default=None,
+        help="reference: the authors' 8-bit order (round, colour fix, truncate, resize), their exact files; "
+        "float: colour fix and resize in float, one rounding (more precise). Default: the model's "
+        "inference_defaults.json, else reference",
+    )
+    g.add_argument(
+        "--tile-window",
+        choices=TILE_WINDOWS,
+        default=None,
+        help="Gaussian weight of latent tiles: reference (the authors' off-centre window) or symmetric. "
+        "Default: the model's inference_defaults.json, else reference",
     )
     g.add_argument(
         "--max-pixels",
@@ -181,7 +218,7 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("no model: pass --model FOLDER|HUB_ID|tiny, or set CCSR_MODEL")
     names = (
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
-        "guidance_scale prompt negative_prompt scale process_size color_fix seed samples precision device tiling "
+        "guidance_scale prompt negative_prompt scale process_size color_fix postprocess tile_window seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
         "max_pixels workers channels_last compile quiet log_jsonl report report_gt"
     ).split()
@@ -189,6 +226,9 @@ def config_from_args(args: argparse.Namespace):
         inputs=tuple(args.paths[:-1]),
         output=args.paths[-1],
         steps=tuple(args.steps),
+        uncertainty_map=args.uncertainty_map,
+        select=args.select,
+        consensus_distance=args.consensus_distance,
         report_metrics=None if args.report_metrics is None else tuple(args.report_metrics),
         **{n: getattr(args, n) for n in names},
     )

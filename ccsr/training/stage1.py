@@ -1,4 +1,4 @@
-"""Stage 1: train the CCSR ControlNet on the truncated-diffusion objective (spec §3.1-3.3).
+"""Stage 1: train the CCSR ControlNet on the truncated-diffusion objective (docs/algorithm.md §3.1-3.3).
 
 UNet, VAE and text encoder are frozen; the prompt is the empty caption, as in the reference. Per
 batch: the GT crop is degraded on the training device (Real-ESRGAN, :mod:`ccsr.data.degradation`),
@@ -20,6 +20,7 @@ from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0, training_target
+from ccsr.encoding import encode_image, encode_prompts
 from ccsr.schedule import sample_train_timesteps_upper
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage1_config import Stage1Config, Stage1Objective
@@ -37,7 +38,7 @@ def stage1_losses(
     timesteps: torch.Tensor | None = None,
     prediction_type: str = "epsilon",
 ) -> dict[str, torch.Tensor]:
-    """The three terms of CCSR stage 1 (spec §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
+    """The three terms of CCSR stage 1 (docs/algorithm.md §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
 
     Args:
         model_fn: ``(x_t, t) -> output``, the ControlNet+UNet prediction conditioned on ``c``, read as
@@ -129,21 +130,13 @@ class Stage1Step(TrainStep):
         for frozen in (self.unet, self.vae, self.text_encoder):
             frozen.to(device, dtype)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
-        ids = self.tokenizer(
-            self.objective.prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        with torch.no_grad():
-            self.text_embedding = self.text_encoder(ids)[0]  # (1, L, D), shared by the batch
+        # (1, L, D), shared by the batch
+        self.text_embedding = encode_prompts(self.text_encoder, self.tokenizer, self.objective.prompt, device)
 
     @torch.no_grad()
     def encode(self, image01: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> scaled posterior sample ``(B, 4, H/f, W/f)`` fp32 (as the reference)."""
-        dist = self.vae.encode((image01 * 2 - 1).to(self.vae.dtype)).latent_dist
-        return dist.sample().float() * self.vae.config.scaling_factor
+        return encode_image(self.vae, image01)
 
     def __call__(self, batch: dict[str, torch.Tensor], global_step: int) -> StepOutput:
         gt = batch["gt"]
@@ -170,8 +163,9 @@ class Stage1Step(TrainStep):
         from ccsr.training.checkpoint import replace_dir_atomically
 
         controlnet = self.unwrap("controlnet")
+        kind = self.scheduler.config.prediction_type
         return replace_dir_atomically(
-            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp)
+            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp, kind)
         )
 
     @torch.no_grad()
@@ -212,7 +206,9 @@ def build_step(cfg: Stage1Config) -> Stage1Step:
     m = cfg.model
     parts = load_components(m.pretrained, base=m.base, vae=m.vae, load_controlnet=False)
     if m.controlnet_init is None:
-        controlnet = build_latent_controlnet(unet=parts.unet)  # copies the UNet encoder (spec §3.1)
+        controlnet = build_latent_controlnet(
+            unet=parts.unet
+        )  # copies the UNet encoder (docs/algorithm.md §3.1)
     else:
         init = Path(m.controlnet_init)
         # Accept the folder itself or its parent, as the reference's subfolder="controlnet".
