@@ -128,9 +128,10 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
 
     Ctrl-C / SIGTERM stop it cleanly: outputs already computed are still written, nothing half-done is left.
     """
-    readers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-read") if cfg.workers else None
-    writers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-write") if cfg.workers else None
-    slots = threading.BoundedSemaphore(max(2, 2 * cfg.workers))  # finished images waiting to be written
+    workers = cfg.resolved_workers(pipe._execution_device.type)
+    readers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-read") if workers else None
+    writers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
+    slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting to be written
     done: list[str] = []  # inputs whose outputs were all computed (writes may still fail)
     lock = threading.Lock()
     log.start_bar(len(shard))
@@ -138,7 +139,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     started = 0
     restore = _sigterm_as_interrupt()
     try:
-        for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * cfg.workers)):
+        for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * workers)):
             started += 1
             if isinstance(loaded, str):
                 _fail(tally, log, Failure(str(job.file.path), loaded), lock)
