@@ -9,10 +9,13 @@ enlarge small inputs so that the output's short side reaches ``process_size``, u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where it is used: the resize plan is needed before torch loads
+    import torch
 
 #: Canvas sides are multiples of this (the VAE's downsampling factor of SD).
 CANVAS_MULTIPLE = 8
@@ -72,6 +75,8 @@ def make_canvas(image: Image.Image, plan: ResizePlan) -> Image.Image:
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 ``(1, 3, H, W)`` in ``[0, 1]``."""
+    import torch
+
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -83,6 +88,8 @@ def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``[0, 1]`` as PIL's 8-bit intermediate does, vertical pass), so the result matches PIL's resize of
     the 8-bit image up to quantisation, without the 8-bit rounding.
     """
+    import torch
+
     b, c, h, w = images.shape
     if (w, h) == tuple(size):
         return images
@@ -100,6 +107,8 @@ def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     """Float ``(B, 3, H, W)`` in ``[0, 1]`` -> uint8 ``(B, H, W, 3)``, rounded."""
+    import torch
+
     arr = images.detach().to("cpu", torch.float32).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     return (arr * 255.0).round().astype(np.uint8)
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +26,7 @@ from ccsr.diffusion import add_noise, predict_x0
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
 from ccsr.models.loading import DEFAULT_COLOR_FIX
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import tiled_apply
+from ccsr.tiling import tile_windows, tiled_apply
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -225,6 +226,7 @@ class CCSRPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         tile_batch: int = 1,
+        tile_callback: Callable[[int, int], None] | None = None,
         vae_tiling: bool = False,
         output_type: Literal["pil", "np", "pt", "latent"] = "pil",
         return_dict: bool = True,
@@ -249,6 +251,7 @@ class CCSRPipeline(DiffusionPipeline):
             tile_size, tile_stride: latent-tiled diffusion with windows of this many *pixels*
                 (reference: 512 / 256); ``None`` runs the whole latent at once.
             tile_batch: tiles per network call when tiling.
+            tile_callback: ``(done, total)`` after each tile group, counting tiles over all evaluations.
             vae_tiling: tiled VAE encode/decode (diffusers ``enable_tiling``) for large images.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (float in [0, 1]) or ``"latent"``.
         """
@@ -339,7 +342,16 @@ class CCSRPipeline(DiffusionPipeline):
 
                 if tiles is None:
                     return fn(x, z_lr)
-                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch)
+                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch, progress)
+
+            n_windows = len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) if tiles else 0
+            evals = (schedule.start_timestep is not None) + len(schedule.loop)
+            tiles_done = [0]
+
+            def progress(n: int) -> None:
+                tiles_done[0] += n
+                if tile_callback is not None:
+                    tile_callback(tiles_done[0], n_windows * evals)
 
             # 5. Extraction step at start_timestep (CCSR's one jump from the LR latent).
             x = add_noise(z_lr, noise, start_timestep, alphas) if start_point == "lr" else noise

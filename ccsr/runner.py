@@ -17,14 +17,18 @@ Order of work, and why:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccsr.discovery import InputError, InputFile, assign_outputs, check_writable, discover
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
+from ccsr.limits import mp, output_pixels, read_header, size_problem
 from ccsr.manifest import (
     FAILURES,
+    FAILURES_JSONL,
     MANIFEST,
     RUN_JSON,
     Expected,
@@ -33,10 +37,10 @@ from ccsr.manifest import (
     model_identity,
     output_status,
     read_manifest,
-    remove_stale_temps,
     settings_diff,
     settings_hash,
 )
+from ccsr.outdir import acquire_lock, probe_writable, remove_orphan_temps
 from ccsr.runlog import (
     Failure,
     RunLog,
@@ -55,9 +59,32 @@ EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run_upscale(cfg: UpscaleConfig) -> int:
-    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted)."""
+    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed or the output folder stopped
+    taking files, 2 refused, 130 interrupted)."""
     wall0 = time.perf_counter()
     started = now_iso()
+    main = launch_rank() == 0
+    lock = None
+    try:  # every check that needs no model (nor torch) comes first
+        scan = _scan(cfg)
+        for run in scan.runs:
+            probe_writable(run.dir)
+        if main:
+            lock = acquire_lock(Path(cfg.output), sys.argv, started)
+    except InputError as e:
+        if main:
+            print(f"ccsr upscale: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if main:
+            remove_orphan_temps([Path(cfg.output)], exclude=_input_dirs(cfg))
+        return _run(cfg, scan, wall0, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str) -> int:
     try:
         state, device = _init_state(cfg.device)
     except InputError as e:
@@ -67,26 +94,33 @@ def run_upscale(cfg: UpscaleConfig) -> int:
     log = RunLog(cfg.quiet, cfg.log_jsonl, rank)
     try:
         try:
-            runs, jobs, pre_failures, identity, dtype_name, notes = _plan(cfg, device)
+            jobs, identity, dtype_name = _plan(cfg, device, scan)
         except InputError as e:
             if rank == 0:
                 print(f"ccsr upscale: error: {e}", file=sys.stderr)
             return EXIT_USAGE
+        runs, pre_failures = scan.runs, scan.failures
         todo = [j for j in jobs if j.tasks]
         skipped_images = len(jobs) - len(todo)
         shard = todo[rank::world]
         out_root = Path(cfg.output)
         if rank == 0:
-            for run in runs:
-                run.dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps([out_root], exclude=_input_dirs(cfg))
-            log.event("start", inputs=len(jobs) + len(pre_failures), to_do=len(todo), processes=world)
+            estimate = sum(output_pixels(s, cfg.scale) for j in todo for s in scan.sizes.get(j.file.path, ()))
+            log.event(
+                "start",
+                inputs=len(jobs) + len(pre_failures),
+                to_do=len(todo),
+                processes=world,
+                output_megapixels=round(estimate / 1e6, 3),
+            )
             if skipped_images:
                 log.say(
                     f"skipping {skipped_images} images whose outputs are done (settings match; --overwrite redoes them)"
                 )
-            for note in notes:
+            for note in scan.notes:
                 log.say(note)
+            if todo:
+                log.say(f"to do: {len(todo)} images, about {mp(estimate)} of output in all")
         state.wait_for_everyone()
         for run in runs:
             run.writer = ManifestWriter(run.dir / MANIFEST)
@@ -108,12 +142,13 @@ def run_upscale(cfg: UpscaleConfig) -> int:
         log.close_bar()
         total = _gather(tally, state, out_root)
         if rank != 0:
-            return EXIT_INTERRUPTED if tally.interrupted else (EXIT_FAILURES if tally.failures else EXIT_OK)
+            return _exit_status(tally)
         wall = time.perf_counter() - wall0
+        status = "interrupted" if total.interrupted else ("stopped" if total.stopped else "complete")
         base = {
             "ccsr_version": _version(),
             "command": sys.argv,
-            "status": "interrupted" if total.interrupted else "complete",
+            "status": status,
             "started": started,
             "finished": now_iso(),
             "inputs": [str(p) for p in cfg.inputs],
@@ -135,7 +170,46 @@ def run_upscale(cfg: UpscaleConfig) -> int:
                 else None,
             },
         }
-        for run in runs:
+        _finish(cfg, runs, total, base, len(jobs) + len(pre_failures), skipped_images, log)
+        status = _exit_status(total)
+        if cfg.report and not total.interrupted and not total.stopped:
+            status = max(status, _report(cfg))
+        return status
+    finally:
+        log.close()
+
+
+def launch_rank() -> int:
+    """This process's rank under ``accelerate launch`` / torchrun / MPI, read from the environment
+    (before torch is imported); 0 for a plain run."""
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _exit_status(t: Tally) -> int:
+    return EXIT_INTERRUPTED if t.interrupted else (EXIT_FAILURES if t.failures or t.stopped else EXIT_OK)
+
+
+def _finish(
+    cfg: UpscaleConfig,
+    runs: list[RunDir],
+    total: Tally,
+    base: dict,
+    n_inputs: int,
+    skipped_images: int,
+    log: RunLog,
+) -> None:
+    """Records and summary of the main process; a folder that stopped taking files still gets the summary."""
+    status = base["status"]
+    load_s, wall = base["timings"]["model_load_s"], base["timings"]["wall_s"]
+    if total.stopped:
+        base["stop_reason"] = total.stopped
+    unwritten = []
+    for run in runs:
+        try:
             compact_manifest(run.dir)
             write_records(
                 run.dir,
@@ -144,33 +218,41 @@ def run_upscale(cfg: UpscaleConfig) -> int:
                 total,
                 run.skipped,
             )
-        per_image = cfg.samples * len(cfg.steps)
-        line = summary_line(total, skipped_images, len(jobs) + len(pre_failures), wall, load_s, per_image)
-        log_summary = {
-            **base["timings"],
-            "done": total.images_done,
-            "skipped": skipped_images,
-            "failed": len({f.input for f in total.failures}),
-        }
-        log.event("summary", **log_summary)
-        if not cfg.quiet:
-            print(line)
-            if total.failures:
-                print(f"  failures listed in {', '.join(str(r.dir / FAILURES) for r in runs)}")
-        status = EXIT_INTERRUPTED if total.interrupted else (EXIT_FAILURES if total.failures else EXIT_OK)
-        if cfg.report and not total.interrupted:
-            status = max(status, _report(cfg))
-        return status
-    finally:
-        log.close()
+        except OSError as e:
+            unwritten.append(f"{run.dir / RUN_JSON} ({e.strerror or e})")
+    per_image = cfg.samples * len(cfg.steps)
+    line = summary_line(total, skipped_images, n_inputs, wall, load_s, per_image)
+    log.event(
+        "summary",
+        **base["timings"],
+        done=total.images_done,
+        skipped=skipped_images,
+        failed=len({f.input for f in total.failures}),
+        status=status,
+    )
+    if unwritten:
+        print(f"ccsr upscale: error: could not write the run record {', '.join(unwritten)}", file=sys.stderr)
+    if not cfg.quiet or total.stopped:
+        print(line)
+        if total.failures and not cfg.quiet:
+            print(
+                f"  failures listed in {', '.join(str(r.dir / FAILURES_JSONL) for r in runs)} (and failures.txt)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- planning
-def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Failure], dict, str, list[str]]:
-    from ccsr.models.loading import recommended_color_fix, resolve_paths
-    from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
-    from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
+@dataclass
+class Scan:
+    """What a run can know before torch or the model: inputs, their output names and sizes, run folders."""
 
+    files: list[InputFile]
+    failures: list[Failure]
+    notes: list[str]
+    runs: list[RunDir]
+    sizes: dict[Path, tuple[tuple[int, int], ...]] = field(default_factory=dict)  # from the headers
+
+
+def _scan(cfg: UpscaleConfig) -> Scan:
     ext = OUTPUT_FORMATS[cfg.output_format][0]
     found = discover(cfg.inputs, cfg.output, cfg.recursive)
     files, collisions = assign_outputs(found.files, ext)
@@ -183,19 +265,52 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
     out_root = Path(cfg.output)
     multi = len(cfg.steps) > 1
     runs = [RunDir(s, out_root / f"steps{s}" if multi else out_root) for s in cfg.steps]
-
-    def rel_for(f: InputFile, k: int) -> str:
-        return (f"sample{k:02d}/" if cfg.samples > 1 else "") + f.output_rel(ext)
-
     if not files and not failures:
         raise InputError(
             f"no images found in {', '.join(map(str, cfg.inputs))} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
             + ("; sub-folders need --recursive)" if found.ignored_subfolders else ")")
         )
-    planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES)]
-    planned += [r.dir / rel_for(f, k) for r in runs for f in files for k in range(cfg.samples)]
+    planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES, FAILURES_JSONL)]
+    planned += [r.dir / _rel_for(cfg, f, k, ext) for r in runs for f in files for k in range(cfg.samples)]
     check_writable(planned, out_root, found)
+    _check_model_path(cfg.model)
+    scan = Scan([], failures, notes, runs)
+    for f in files:
+        header = read_header(f.path)
+        why = None
+        if header is not None:
+            scan.sizes[f.path] = header.sizes
+            for size in header.sizes:
+                why = why or size_problem(
+                    size, cfg.scale, cfg.process_size, cfg.max_pixels, cfg.max_output_pixels
+                )
+        if why:
+            failures.append(Failure(str(f.path), why))
+        else:
+            scan.files.append(f)
+    return scan
 
+
+def _check_model_path(model: str) -> None:
+    """A --model that is clearly a local path (not a Hub repo id) must exist."""
+    if model == "tiny":
+        return
+    p = Path(model).expanduser()
+    if (p.is_absolute() or model.startswith((".", "~"))) and not p.exists():
+        raise InputError(f"--model {model}: the folder does not exist")
+
+
+def _rel_for(cfg: UpscaleConfig, f: InputFile, k: int, ext: str) -> str:
+    return (f"sample{k:02d}/" if cfg.samples > 1 else "") + f.output_rel(ext)
+
+
+def _plan(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, str]:
+    from ccsr.models.loading import recommended_color_fix, resolve_paths
+    from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
+    from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
+
+    ext = OUTPUT_FORMATS[cfg.output_format][0]
+    runs, failures = scan.runs, scan.failures
     try:
         root = resolve_model_root(cfg.model)
         paths = resolve_paths(root, cfg.base, cfg.controlnet, cfg.vae)
@@ -238,7 +353,7 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
 
     manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
     jobs, conflicts = [], []
-    for f in files:
+    for f in scan.files:
         try:
             st = f.path.stat()
         except OSError as e:
@@ -247,7 +362,7 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
         tasks = []
         for run in runs:
             for k in range(cfg.samples):
-                rel = rel_for(f, k)
+                rel = _rel_for(cfg, f, k, ext)
                 want = Expected(run.hash, cfg.seed + k, st.st_size, st.st_mtime_ns)
                 status, why = output_status(run.dir, rel, manifests[id(run)].get(rel), want)
                 if status == "done" and not cfg.overwrite:
@@ -259,7 +374,7 @@ def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Fai
         jobs.append(Job(f, tasks))
     if conflicts:
         raise InputError(_conflict_message(conflicts))
-    return runs, jobs, failures, identity, dtype_name, notes
+    return jobs, identity, dtype_name
 
 
 def _conflict_message(conflicts: list[tuple[RunDir, str, str]]) -> str:

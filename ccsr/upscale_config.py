@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
@@ -60,6 +61,7 @@ class UpscaleConfig:
     recursive: bool = False
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # limits the output and the model's canvas
     workers: int = 2
     channels_last: bool = False  # speed only: not part of a run's settings (outputs equal up to rounding)
     compile: bool = False
@@ -118,6 +120,7 @@ class UpscaleConfig:
         )
         need(1 <= self.quality <= 100, f"--quality {self.quality} must be within 1..100")
         need(self.max_pixels > 0, f"--max-pixels {self.max_pixels} must be positive")
+        need(self.max_output_pixels > 0, f"--max-output-pixels {self.max_output_pixels} must be positive")
         need(self.workers >= 0, f"--workers {self.workers} must be >= 0 (0: no background threads)")
         need(
             self.guidance_scale is None or self.guidance_scale >= 0,

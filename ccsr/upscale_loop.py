@@ -9,6 +9,8 @@ holds at most ``2 * workers`` decoded images and ``2 * workers`` finished ones.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
+import functools
 import hashlib
 import os
 import signal
@@ -23,18 +25,16 @@ import numpy as np
 from PIL import Image
 
 from ccsr.discovery import InputFile
-from ccsr.io import (
-    ImageData,
-    ImageReadError,
-    atomic_write,
-    encode_image,
-    read_image,
-    resize_alpha,
-    to_output_pixels,
-)
+from ccsr.encode import encode_image, resize_alpha, to_output_pixels
+from ccsr.io import ImageData, ImageReadError, atomic_write, read_image
 from ccsr.manifest import ManifestWriter
 from ccsr.runlog import Failure, RunLog, Tally, now_iso
 from ccsr.upscale_config import UpscaleConfig
+
+#: Write errors that are about the folder, not the image: the run stops after the image in progress.
+FOLDER_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+)
 
 
 @dataclass
@@ -131,6 +131,8 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     restore = _sigterm_as_interrupt()
     try:
         for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * cfg.workers)):
+            if tally.stopped:  # the output folder stopped taking files: no new image is started
+                break
             started += 1
             if isinstance(loaded, str):
                 _fail(tally, log, Failure(str(job.file.path), loaded), lock)
@@ -140,7 +142,8 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
             ok = 0
             for task in job.tasks:
                 try:
-                    sr, info = _upscale(pipe, loaded, task, cfg)
+                    on_tile = functools.partial(log.tile, job.file.rel)
+                    sr, info = _upscale(pipe, loaded, task, cfg, on_tile)
                 except Exception as e:  # one image's model failure must not end a 10k-image run
                     _fail(tally, log, Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)), lock)
                     continue
@@ -163,6 +166,8 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
         tally.not_started = len(shard) - started
         log.say("interrupted: finishing the outputs already computed (no partial files are left)")
     finally:
+        if tally.stopped:
+            tally.not_started = len(shard) - started
         restore()
         if readers is not None:
             readers.shutdown(wait=True, cancel_futures=True)
@@ -195,9 +200,11 @@ def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
     log.failure(f)
 
 
-def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.ndarray, dict]:
+def _upscale(
+    pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
+) -> tuple[np.ndarray, dict]:
     """One (image, sample) through the pipeline: ``(3, H, W)`` float32 in ``[0, 1]`` at the output size,
-    plus what the manifest records about how it was made."""
+    plus what the manifest records about how it was made. ``on_tile(done, total)`` reports tiled progress."""
     import torch
 
     from ccsr.image import plan_resize
@@ -223,7 +230,9 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
 
     def call(tiled: bool, vae: bool):
         gen = torch.Generator("cpu").manual_seed(cfg.seed + task.sample)
-        tile = dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride) if tiled else {}
+        tile = (
+            dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride, tile_callback=on_tile) if tiled else {}
+        )
         return pipe(loaded.model_input, generator=gen, vae_tiling=vae, **tile, **kwargs)
 
     try:
@@ -275,6 +284,8 @@ def _finish_write(
             "finished": now_iso(),
             **info,
         }
+        if notes:
+            entry["notes"] = notes  # what this output could not keep (alpha, bits, metadata)
 
         def record(st) -> None:
             if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
@@ -289,6 +300,9 @@ def _finish_write(
             Failure(str(job.file.path), f"could not write {out}: {_reason(e)}", _steps_of(cfg, task)),
             lock,
         )
+        if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:
+            with lock:
+                tally.stopped = tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
         return
     with lock:
         tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1

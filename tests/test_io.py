@@ -11,15 +11,8 @@ import pytest
 from helpers import png_header_only
 from PIL import Image, ImageCms, ImageOps
 
-from ccsr.io import (
-    ImageReadError,
-    atomic_write,
-    encode_image,
-    is_temp_file,
-    read_image,
-    resize_alpha,
-    to_output_pixels,
-)
+from ccsr.encode import encode_image, resize_alpha, to_output_pixels
+from ccsr.io import ImageReadError, atomic_write, is_temp_file, read_image
 
 
 @pytest.fixture()

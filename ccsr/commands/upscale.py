@@ -20,13 +20,16 @@ examples:
   accelerate launch -m ccsr upscale photos/ out/ --model M           # one share of the images per GPU
 
 Re-running the same command resumes: finished outputs are skipped, and an existing output made with
-other settings stops the run unless --overwrite is given. Exit status: 0 all done, 1 some inputs
-failed (listed in OUTPUT_DIR/failures.txt), 2 nothing was run (bad arguments), 130 interrupted.
+other settings stops the run unless --overwrite is given. One run per OUTPUT_DIR at a time. Exit
+status: 0 all done, 1 some inputs failed (listed in OUTPUT_DIR/failures.jsonl and failures.txt) or the
+output folder stopped taking files mid-run, 2 nothing was run (bad arguments, unwritable or busy
+OUTPUT_DIR), 130 interrupted.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+    from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
     from ccsr.upscale_config import COLOR_FIXES, PRECISIONS, TILING_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -100,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help="refuse larger inputs (decompression-bomb guard)",
+    )
+    g.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_PIXELS,
+        help="refuse an input whose output, or the canvas the model works on, is larger (default 64 MP)",
     )
     g = parser.add_argument_group("execution")
     g.add_argument(
@@ -180,7 +189,7 @@ def config_from_args(args: argparse.Namespace):
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
         "guidance_scale prompt negative_prompt scale process_size color_fix seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
-        "max_pixels workers channels_last compile quiet log_jsonl report report_gt"
+        "max_pixels max_output_pixels workers channels_last compile quiet log_jsonl report report_gt"
     ).split()
     return UpscaleConfig(
         inputs=tuple(args.paths[:-1]),
