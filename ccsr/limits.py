@@ -47,12 +47,21 @@ def read_header(path: Path, max_frames: int = 10_000) -> Header | None:
                 if k:
                     im.seek(k)
                 w, h = im.size
-                if k == 0 and int(im.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8):
+                if k == 0 and _turned(im):
                     w, h = h, w
                 sizes.append((w, h))
             return Header(tuple(sizes))
     except Exception:  # any reason: the decoder will report it precisely
         return None
+
+
+def _turned(im: Image.Image) -> bool:
+    """EXIF orientation 5-8 (a quarter turn), where the header holds it. A PNG's eXIf chunk may follow
+    the pixel data, and Pillow decodes the whole image to reach it: PNG is taken as stored here (a turn
+    changes the pixel counts checked here by at most the multiple-of-8 rounding)."""
+    if im.format == "PNG":
+        return False
+    return int(im.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8)
 
 
 def mp(pixels: int) -> str:

@@ -38,6 +38,10 @@ def probe_writable(folder: Path) -> None:
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as e:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise InputError(
             f"OUTPUT_DIR {folder} cannot be written ({e.strerror or e}): nothing was run. "
             "Choose a folder on a writable disk, or fix its permissions"

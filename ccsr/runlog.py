@@ -171,14 +171,14 @@ class RunLog:
         self.event("image", input=rel, seconds=round(seconds, 4), outputs=outputs)
         if self._bar is not None:
             self._bar.set_postfix_str(f"{seconds:.2f} s/img", refresh=False)
-            self._write(f"{rel}  {seconds:.2f} s")
+            self._write(f"{escape(rel)}  {seconds:.2f} s")
             self._bar.update(1)
 
     def tile(self, rel: str, done: int, total: int) -> None:
         """Progress inside one image: ``done`` of ``total`` tile evaluations (tiled images only)."""
         self.event("tile", input=rel, done=done, total=total)
         if self._bar is not None:
-            self._bar.set_postfix_str(f"{rel}: tile {done}/{total}", refresh=True)
+            self._bar.set_postfix_str(f"{escape(rel)}: tile {done}/{total}", refresh=True)
 
     def image_failed(self) -> None:
         if self._bar is not None:
