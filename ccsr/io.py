@@ -2,7 +2,7 @@
 
 What a folder of photographs contains, and what we do with it:
 
-* formats: PNG, JPEG, WebP, TIFF, BMP (anything else Pillow reads is accepted when named explicitly);
+* formats: PNG, JPEG, WebP, TIFF, BMP, GIF (anything else Pillow reads is accepted when named explicitly);
 * EXIF orientation is applied to the pixels, and the carried-over EXIF says ``Orientation = 1``;
 * grayscale stays grayscale, 16-bit stays 16-bit (PNG and TIFF; Pillow truncates 16-bit colour to
   8 bits, so those files are decoded with OpenCV). Gray is decided by the file's own colour type (PNG
@@ -38,7 +38,9 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 #: Extensions picked up when a folder is scanned (case-insensitive).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+)
 #: ``--format`` choice -> (file extension, Pillow format name).
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
     "png": (".png", "PNG"),
@@ -96,8 +98,9 @@ class ImageData:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
-    """Decode ``path`` into an upright :class:`ImageData`; raise :class:`ImageReadError` with the reason."""
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> ImageData:
+    """Decode ``path`` (its ``frame``-th page or animation frame, composited as shown) into an upright
+    :class:`ImageData`; raise :class:`ImageReadError` with the reason."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ImageReadError("broken symbolic link")
@@ -118,7 +121,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(_too_large(w, h, max_pixels))
-            img = _decode(im, data)
+            img = _decode(im, data, frame)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -155,7 +158,7 @@ def _too_large_pixels(e: Exception, limit: int) -> str:
     )
 
 
-def _decode(im: Image.Image, data: bytes):
+def _decode(im: Image.Image, data: bytes, frame: int = 0):
     """-> (color, alpha, icc, exif bytes, exif orientation, format name)."""
     fmt = im.format or "unknown"
     icc = im.info.get("icc_profile") or None
@@ -168,11 +171,12 @@ def _decode(im: Image.Image, data: bytes):
         if _EXIF_ORIENTATION in exif_obj:
             exif_obj[_EXIF_ORIENTATION] = 1
         exif = exif_obj.tobytes()
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)
+    if frame >= int(getattr(im, "n_frames", 1) or 1):
+        raise ImageReadError(f"has no frame {frame} (it has {getattr(im, 'n_frames', 1)})")
+    im.seek(frame)
     gray = _file_is_gray(im, data)
     if _is_16bit_color(im, data):
-        color, alpha = _decode_16bit(data, gray)
+        color, alpha = _decode_16bit(data, gray, frame)
         return color, alpha, icc, exif, orientation, fmt
     im.load()
     mode = im.mode
@@ -243,9 +247,14 @@ def _is_16bit_color(im: Image.Image, data: bytes) -> bool:
     return False
 
 
-def _decode_16bit(data: bytes, gray: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode_16bit(data: bytes, gray: bool, frame: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     cv2 = _cv2()
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    buf = np.frombuffer(data, np.uint8)
+    if frame:
+        ok, pages = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+        arr = pages[frame] if ok and frame < len(pages) else None
+    else:
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageReadError("truncated or corrupt 16-bit image data")
     if arr.dtype != np.uint16:

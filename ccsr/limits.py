@@ -26,11 +26,18 @@ from ccsr.image import plan_resize
 DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
 
 
+#: Formats whose extra frames are upscaled: pages of a TIFF, frames of an animation.
+MULTI_FRAME_FORMATS = {"TIFF": "pages", "GIF": "animation", "WEBP": "animation", "PNG": "animation"}
+
+
 @dataclass(frozen=True)
 class Header:
-    """What a file's header says: pixel size of each frame (upright), and the frame count."""
+    """What a file's header says: pixel size of each frame (upright), frame durations and loop count."""
 
     sizes: tuple[tuple[int, int], ...]
+    kind: str = "still"  # "still", "pages" (multi-page TIFF) or "animation" (GIF, WebP, APNG)
+    durations: tuple[int, ...] = ()  # milliseconds per frame (animations)
+    loop: int | None = None  # Pillow's "loop" (0: forever; None: the file says nothing, play once)
 
     @property
     def frames(self) -> int:
@@ -42,7 +49,11 @@ def read_header(path: Path, max_frames: int = 10_000) -> Header | None:
     try:
         with Image.open(path) as im:
             n = min(int(getattr(im, "n_frames", 1) or 1), max_frames)
-            sizes = []
+            kind = MULTI_FRAME_FORMATS.get(im.format or "", "still") if n > 1 else "still"
+            if kind == "still":
+                n = 1
+            sizes, durations = [], []
+            loop = im.info.get("loop")
             for k in range(n):
                 if k:
                     im.seek(k)
@@ -50,7 +61,10 @@ def read_header(path: Path, max_frames: int = 10_000) -> Header | None:
                 if k == 0 and _turned(im):
                     w, h = h, w
                 sizes.append((w, h))
-            return Header(tuple(sizes))
+                if kind == "animation" and im.format == "WEBP":
+                    im.load()  # Pillow reads a WebP frame's duration only when decoding it
+                durations.append(int(im.info.get("duration", 0) or 0))
+            return Header(tuple(sizes), kind, tuple(durations), loop)
     except Exception:  # any reason: the decoder will report it precisely
         return None
 

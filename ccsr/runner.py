@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccsr.discovery import InputError, InputFile, assign_outputs, check_writable, discover
+from ccsr.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
+from ccsr.frames import container_ext, frame_rel
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
-from ccsr.limits import mp, output_pixels, read_header, size_problem
+from ccsr.limits import Header, mp, output_pixels, read_header, size_problem
 from ccsr.manifest import (
     FAILURES,
     FAILURES_JSONL,
@@ -66,19 +67,19 @@ def run_upscale(cfg: UpscaleConfig) -> int:
     main = launch_rank() == 0
     lock = None
     try:  # every check that needs no model (nor torch) comes first
-        scan = _scan(cfg)
-        for run in scan.runs:
+        found, runs = _discover(cfg)
+        for run in runs:
             probe_writable(run.dir)
         if main:
             lock = acquire_lock(Path(cfg.output), sys.argv, started)
+        scan = _scan(cfg, found, runs)
+        if main:
+            remove_orphan_temps([Path(cfg.output)], exclude=_input_dirs(cfg))
+        return _run(cfg, scan, wall0, started)
     except InputError as e:
         if main:
             print(f"ccsr upscale: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        if main:
-            remove_orphan_temps([Path(cfg.output)], exclude=_input_dirs(cfg))
-        return _run(cfg, scan, wall0, started)
     finally:
         if lock is not None:
             lock.release()
@@ -101,14 +102,18 @@ def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str) -> int:
             return EXIT_USAGE
         runs, pre_failures = scan.runs, scan.failures
         todo = [j for j in jobs if j.tasks]
-        skipped_images = len(jobs) - len(todo)
-        shard = todo[rank::world]
+        owner: dict[Path, int] = {}  # all frames of an input go to one process, which puts them together
+        for j in todo:
+            owner.setdefault(j.file.path, len(owner) % world)
+        n_files = len({j.file.path for j in jobs})
+        skipped_images = n_files - len(owner)
+        shard = [j for j in todo if owner[j.file.path] == rank]
         out_root = Path(cfg.output)
         if rank == 0:
-            estimate = sum(output_pixels(s, cfg.scale) for j in todo for s in scan.sizes.get(j.file.path, ()))
+            estimate = sum(output_pixels(s, cfg.scale) for p in owner for s in scan.sizes.get(p, ()))
             log.event(
                 "start",
-                inputs=len(jobs) + len(pre_failures),
+                inputs=n_files + len(pre_failures),
                 to_do=len(todo),
                 processes=world,
                 output_megapixels=round(estimate / 1e6, 3),
@@ -120,7 +125,7 @@ def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str) -> int:
             for note in scan.notes:
                 log.say(note)
             if todo:
-                log.say(f"to do: {len(todo)} images, about {mp(estimate)} of output in all")
+                log.say(f"to do: {len(owner)} images, about {mp(estimate)} of output in all")
         state.wait_for_everyone()
         for run in runs:
             run.writer = ManifestWriter(run.dir / MANIFEST)
@@ -170,7 +175,7 @@ def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str) -> int:
                 else None,
             },
         }
-        _finish(cfg, runs, total, base, len(jobs) + len(pre_failures), skipped_images, log)
+        _finish(cfg, runs, total, base, n_files + len(pre_failures), skipped_images, log)
         status = _exit_status(total)
         if cfg.report and not total.interrupted and not total.stopped:
             status = max(status, _report(cfg))
@@ -250,40 +255,59 @@ class Scan:
     notes: list[str]
     runs: list[RunDir]
     sizes: dict[Path, tuple[tuple[int, int], ...]] = field(default_factory=dict)  # from the headers
+    headers: dict[Path, Header | None] = field(default_factory=dict)  # multi-frame inputs only
+    ext: dict[Path, str] = field(default_factory=dict)  # output extension per input
 
 
-def _scan(cfg: UpscaleConfig) -> Scan:
-    ext = OUTPUT_FORMATS[cfg.output_format][0]
+def _discover(cfg: UpscaleConfig) -> tuple[Discovery, list[RunDir]]:
+    """Inputs and run folders, from paths alone (fast: no file is opened)."""
     found = discover(cfg.inputs, cfg.output, cfg.recursive)
-    files, collisions = assign_outputs(found.files, ext)
+    if not found.files and not found.failures:
+        raise InputError(
+            f"no images found in {', '.join(map(str, cfg.inputs))} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            + ("; sub-folders need --recursive)" if found.ignored_subfolders else ")")
+        )
+    _check_model_path(cfg.model)
+    out_root = Path(cfg.output)
+    multi = len(cfg.steps) > 1
+    return found, [RunDir(s, out_root / f"steps{s}" if multi else out_root) for s in cfg.steps]
+
+
+def _scan(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Scan:
+    """Headers (sizes, frames), output names, overlap with inputs, size limits: all before torch."""
+    headers = {f.path: read_header(f.path) for f in found.files}
+    ext = OUTPUT_FORMATS[cfg.output_format][0]
+
+    def ext_for(f: InputFile) -> str:
+        return container_ext(headers[f.path], cfg.output_format, cfg.frames) or ext
+
+    files, collisions = assign_outputs(found.files, ext_for)
     failures = [Failure(p, r) for p, r in found.failures + collisions]
     notes = []
     if found.ignored_subfolders:
         notes.append(
             f"note: {found.ignored_subfolders} sub-folders not scanned (pass --recursive to include them)"
         )
-    out_root = Path(cfg.output)
-    multi = len(cfg.steps) > 1
-    runs = [RunDir(s, out_root / f"steps{s}" if multi else out_root) for s in cfg.steps]
-    if not files and not failures:
-        raise InputError(
-            f"no images found in {', '.join(map(str, cfg.inputs))} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
-            + ("; sub-folders need --recursive)" if found.ignored_subfolders else ")")
-        )
     planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES, FAILURES_JSONL)]
-    planned += [r.dir / _rel_for(cfg, f, k, ext) for r in runs for f in files for k in range(cfg.samples)]
-    check_writable(planned, out_root, found)
-    _check_model_path(cfg.model)
+    planned += [
+        r.dir / _rel_for(cfg, f, k, ext_for(f)) for r in runs for f in files for k in range(cfg.samples)
+    ]
+    check_writable(planned, Path(cfg.output), found)
     scan = Scan([], failures, notes, runs)
     for f in files:
-        header = read_header(f.path)
+        header = headers[f.path]
         why = None
         if header is not None:
-            scan.sizes[f.path] = header.sizes
-            for size in header.sizes:
+            multi = container_ext(header, cfg.output_format, cfg.frames) is not None
+            scan.sizes[f.path] = header.sizes if multi else header.sizes[:1]
+            scan.headers[f.path] = header if multi else None
+            scan.ext[f.path] = ext_for(f)
+            for size in scan.sizes[f.path]:
                 why = why or size_problem(
                     size, cfg.scale, cfg.process_size, cfg.max_pixels, cfg.max_output_pixels
                 )
+        else:
+            scan.ext[f.path] = ext
         if why:
             failures.append(Failure(str(f.path), why))
         else:
@@ -309,7 +333,6 @@ def _plan(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, str]
     from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
     from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
 
-    ext = OUTPUT_FORMATS[cfg.output_format][0]
     runs, failures = scan.runs, scan.failures
     try:
         root = resolve_model_root(cfg.model)
@@ -348,6 +371,7 @@ def _plan(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, str]
             "tiling": cfg.tiling_settings(),
             "format": cfg.output_format,
             "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
+            "frames": cfg.frames,
         }
         run.hash = settings_hash(run.settings)
 
@@ -359,22 +383,39 @@ def _plan(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, str]
         except OSError as e:
             failures.append(Failure(str(f.path), f"cannot be read: {e.strerror or e}"))
             continue
-        tasks = []
+        header = scan.headers.get(f.path)
+        frames = [[] for _ in range(header.frames if header else 1)]  # tasks per frame
         for run in runs:
             for k in range(cfg.samples):
-                rel = _rel_for(cfg, f, k, ext)
+                rel = _rel_for(cfg, f, k, scan.ext[f.path])
                 want = Expected(run.hash, cfg.seed + k, st.st_size, st.st_mtime_ns)
                 status, why = output_status(run.dir, rel, manifests[id(run)].get(rel), want)
                 if status == "done" and not cfg.overwrite:
                     run.skipped += 1
                 elif status == "conflict" and not cfg.overwrite:
                     conflicts.append((run, rel, why))
+                elif header is None:
+                    frames[0].append(Task(run, k, rel))
                 else:
-                    tasks.append(Task(run, k, rel))
-        jobs.append(Job(f, tasks))
+                    _frame_tasks(run, k, rel, header, manifests[id(run)], want, cfg.overwrite, frames)
+        jobs += [Job(f, tasks, i, header) for i, tasks in enumerate(frames)]
     if conflicts:
         raise InputError(_conflict_message(conflicts))
     return jobs, identity, dtype_name
+
+
+def _frame_tasks(run, k, rel, header, manifest, want, overwrite, frames: list[list[Task]]) -> None:
+    """The frames of multi-frame output ``rel`` still to make (a frame on disk and recorded is kept)."""
+    todo = []
+    for i in range(header.frames):
+        part = frame_rel(rel, i)
+        status, _ = output_status(run.dir, part, manifest.get(part), want)
+        if overwrite or status != "done":
+            todo.append(i)
+    if not todo:  # every frame is in but the run died before putting them together: redo the last one
+        todo = [header.frames - 1]
+    for i in todo:
+        frames[i].append(Task(run, k, frame_rel(rel, i), final=rel))
 
 
 def _conflict_message(conflicts: list[tuple[RunDir, str, str]]) -> str:

@@ -16,6 +16,7 @@ from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
 COLOR_FIXES = ("adain", "wavelet", "none")
+FRAMES = ("all", "first")
 #: ``--model tiny``: the small model shipped inside the package (single-folder layout).
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
@@ -62,6 +63,7 @@ class UpscaleConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # limits the output and the model's canvas
+    frames: str = "all"  # multi-page TIFF and animations: "all" frames, or the "first" only (ccsr.frames)
     workers: int = 2
     channels_last: bool = False  # speed only: not part of a run's settings (outputs equal up to rounding)
     compile: bool = False
@@ -120,6 +122,7 @@ class UpscaleConfig:
         )
         need(1 <= self.quality <= 100, f"--quality {self.quality} must be within 1..100")
         need(self.max_pixels > 0, f"--max-pixels {self.max_pixels} must be positive")
+        need(self.frames in FRAMES, f"--frames {self.frames!r}: choose one of {FRAMES}")
         need(self.max_output_pixels > 0, f"--max-output-pixels {self.max_output_pixels} must be positive")
         need(self.workers >= 0, f"--workers {self.workers} must be >= 0 (0: no background threads)")
         need(

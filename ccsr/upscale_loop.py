@@ -26,7 +26,9 @@ from PIL import Image
 
 from ccsr.discovery import InputFile
 from ccsr.encode import encode_image, resize_alpha, to_output_pixels
+from ccsr.frames import assemble, frame_rel, remove_frames
 from ccsr.io import ImageData, ImageReadError, atomic_write, read_image
+from ccsr.limits import Header
 from ccsr.manifest import ManifestWriter
 from ccsr.runlog import Failure, RunLog, Tally, now_iso
 from ccsr.upscale_config import UpscaleConfig
@@ -47,23 +49,27 @@ class RunDir:
     hash: str = ""
     skipped: int = 0
     writer: ManifestWriter | None = None
+    assembled: set[str] = field(default_factory=set)  # multi-frame outputs put together by this process
 
 
 @dataclass(frozen=True)
 class Task:
-    """One output to make: sample ``sample`` of an image into ``run``."""
+    """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``."""
 
     run: RunDir
     sample: int
-    rel: str  # output path relative to the run folder
+    rel: str  # output path relative to the run folder (a frame file for a frame of a multi-frame input)
+    final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.frames)
 
 
 @dataclass
 class Job:
-    """One input image and the outputs it still needs."""
+    """One input image (or one frame of a multi-frame input) and the outputs it still needs."""
 
     file: InputFile
     tasks: list[Task]
+    frame: int = 0
+    header: Header | None = None  # frame sizes, durations and loop of a multi-frame input
 
 
 @dataclass
@@ -80,7 +86,7 @@ def _read(job: Job, cfg: UpscaleConfig) -> Loaded | str:
     """Runs in a reader thread: decode, build the model input, upscale alpha. A str is a failure reason."""
     try:
         st = job.file.path.stat()
-        img = read_image(job.file.path, cfg.max_pixels)
+        img = read_image(job.file.path, cfg.max_pixels, job.frame)
         alpha = None
         if img.alpha is not None:
             alpha = resize_alpha(img.alpha, (img.size[0] * cfg.scale, img.size[1] * cfg.scale))
@@ -123,7 +129,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     readers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-read") if cfg.workers else None
     writers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-write") if cfg.workers else None
     slots = threading.BoundedSemaphore(max(2, 2 * cfg.workers))  # finished images waiting to be written
-    done: list[str] = []  # inputs whose outputs were all computed (writes may still fail)
+    done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
     lock = threading.Lock()
     log.start_bar(len(shard))
     loop0 = time.perf_counter()
@@ -155,10 +161,11 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                     fut = writers.submit(_finish_write, job, task, loaded, sr, info, cfg, tally, log, lock)
                     fut.add_done_callback(lambda _f: slots.release())
             if ok == len(job.tasks):
-                done.append(str(job.file.path))
+                done.add(str(job.file.path))
                 with lock:
                     tally.image_seconds.append(time.perf_counter() - t0)
-                log.image_done(job.file.rel, time.perf_counter() - t0, ok)
+                label = job.file.rel + (f" [frame {job.frame + 1}/{job.header.frames}]" if job.header else "")
+                log.image_done(label, time.perf_counter() - t0, ok)
             else:
                 log.image_failed()
     except KeyboardInterrupt:
@@ -265,34 +272,15 @@ def _finish_write(
     out = task.run.dir / task.rel
     try:
         pixels = to_output_pixels(sr, img.gray, img.bit_depth)
-        data, notes = encode_image(
-            pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
-        )
-        st_in = loaded.input_stat
-        entry = {
-            "input": job.file.rel,
-            "source": str(job.file.path),
-            "output": task.rel,
-            "sample": task.sample,
-            "seed": cfg.seed + task.sample,
-            "steps": task.run.steps,
-            "settings": task.run.hash,
-            "input_bytes": st_in.st_size,
-            "input_mtime_ns": st_in.st_mtime_ns,
-            "input_sha256": img.sha256,
-            "output_sha256": hashlib.sha256(data).hexdigest(),
-            "finished": now_iso(),
-            **info,
-        }
-        if notes:
-            entry["notes"] = notes  # what this output could not keep (alpha, bits, metadata)
-
-        def record(st) -> None:
-            if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
-                out.unlink()
-            task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
-
-        atomic_write(out, data, record)
+        if task.final is None:
+            data, notes = encode_image(
+                pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
+            )
+        else:  # a frame waits losslessly for the others (ccsr.frames)
+            data, notes = encode_image(pixels, loaded.alpha, "png")
+        _write_recorded(out, data, task, _entry(job, task, loaded, cfg, data, notes, info))
+        if task.final is not None:
+            notes = _assemble_when_complete(job, task, loaded, cfg, lock)
     except Exception as e:
         _fail(
             tally,
@@ -305,11 +293,72 @@ def _finish_write(
                 tally.stopped = tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
         return
     with lock:
-        tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
-        for n in notes:
+        if task.final is None or notes is not None:
+            tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
+        for n in notes or ():
             if n not in tally.notes:
                 tally.notes.append(n)
                 log.say(f"note: {n}")
+
+
+def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes, notes, info: dict) -> dict:
+    """The manifest line of one output (without the final file's size and mtime)."""
+    st_in = loaded.input_stat
+    entry = {
+        "input": job.file.rel,
+        "source": str(job.file.path),
+        "output": task.rel,
+        "sample": task.sample,
+        "seed": cfg.seed + task.sample,
+        "steps": task.run.steps,
+        "settings": task.run.hash,
+        "input_bytes": st_in.st_size,
+        "input_mtime_ns": st_in.st_mtime_ns,
+        "input_sha256": loaded.image.sha256,
+        "output_sha256": hashlib.sha256(data).hexdigest(),
+        "finished": now_iso(),
+        **info,
+    }
+    if task.final is not None:
+        entry["frame"] = job.frame
+    if notes:
+        entry["notes"] = notes  # what this output could not keep (alpha, bits, metadata)
+    return entry
+
+
+def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
+    """Atomic write of ``out``, listed in the manifest before it appears under its name."""
+
+    def record(st) -> None:
+        if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
+            out.unlink()
+        task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
+
+    atomic_write(out, data, record)
+
+
+_ASSEMBLY = threading.Lock()
+
+
+def _assemble_when_complete(
+    job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, lock: threading.Lock
+) -> list[str] | None:
+    """After a frame is written: when every frame of ``task.final`` is on disk, write the multi-frame
+    output and remove the frame files. Returns the notes of the output written, or None (not yet)."""
+    header = job.header
+    run = task.run
+    with _ASSEMBLY:  # frames finish in several writer threads: one of them puts them together
+        if task.final in run.assembled:
+            return None
+        if not all((run.dir / frame_rel(task.final, k)).is_file() for k in range(header.frames)):
+            return None
+        data, notes = assemble(run.dir, task.final, header, cfg.quality)
+        whole = Task(run, task.sample, task.final)
+        entry = _entry(job, whole, loaded, cfg, data, notes, {"frames": header.frames})
+        _write_recorded(run.dir / task.final, data, whole, entry)
+        run.assembled.add(task.final)
+        remove_frames(run.dir, task.final, header.frames)
+    return notes
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:

@@ -353,3 +353,92 @@ def test_every_gray_variant_stays_gray(tmp_path, capsys, common):
     assert la16.dtype == np.uint16 and la16.shape == (32, 32, 4)
     assert (la16[..., 0] == la16[..., 1]).all() and (la16[..., 1] == la16[..., 2]).all()
     assert "RGBA" not in err  # no note of a colour fallback
+
+
+# ---------------------------------------------------------------------------------------------- 2. frames
+def _gif(path: Path, frames: list[np.ndarray], durations: list[int], loop: int) -> None:
+    ims = [Image.fromarray(f).convert("P", palette=Image.ADAPTIVE) for f in frames]
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=durations, loop=loop, disposal=1)
+
+
+def _frames_of(path: Path) -> list[tuple[tuple[int, int], int]]:
+    """(size, duration) of every frame."""
+    out = []
+    with Image.open(path) as im:
+        for k in range(im.n_frames):
+            im.seek(k)
+            im.load()  # WebP: the duration is known once the frame is decoded
+            out.append((im.size, im.info.get("duration")))
+    return out
+
+
+def test_every_frame_of_pages_and_animations_is_upscaled(tmp_path, capsys, common):
+    src = tmp_path / "in"
+    src.mkdir()
+    pages = [Image.fromarray(photo(h, w, k)) for k, (h, w) in enumerate([(16, 20), (20, 16), (24, 24)])]
+    pages[0].save(src / "scan.tif", save_all=True, append_images=pages[1:])
+    _gif(src / "anim.gif", [photo(16, 20, k) for k in range(3)], [100, 200, 300], loop=0)
+    save(src / "still.png", photo(16, 20, 5))
+    before = tree_state(src)
+    out = tmp_path / "out"
+
+    rc, stdout, err = run(capsys, src, out, *common)
+
+    assert rc == 0, err
+    assert "3 inputs: 3 done" in stdout and tree_state(src) == before
+    assert sorted(images_under(out)) == ["anim.png", "scan.tif", "still.png"]
+    tif = _frames_of(out / "scan.tif")
+    assert [s for s, _ in tif] == [(40, 32), (32, 40), (48, 48)]  # every page, each at its own size
+    with Image.open(out / "anim.png") as apng:
+        assert apng.format == "PNG" and getattr(apng, "is_animated", False) and apng.info["loop"] == 0
+    assert _frames_of(out / "anim.png") == [((40, 32), d) for d in (100, 200, 300)]
+    assert not (out / ".ccsr-frames").exists()  # the frame files are gone once put together
+    lines = {ln["output"]: ln for ln in manifest_lines(out)}
+    assert sorted(lines) == ["anim.png", "scan.tif", "still.png"] and lines["anim.png"]["frames"] == 3
+    assert json.loads((out / "run.json").read_text())["counts"]["outputs_written"] == 3
+
+    rc, stdout, _ = run(capsys, src, out, *common, "--format", "webp", "--overwrite")
+    assert rc == 0
+    with Image.open(out / "anim.webp") as webp:
+        assert webp.n_frames == 3 and webp.info["loop"] == 0
+    assert [d for _, d in _frames_of(out / "anim.webp")] == [100, 200, 300]
+    assert len(_frames_of(out / "scan.tif")) == 3
+
+    first = tmp_path / "first"  # --frames first: today's behaviour, on purpose
+    rc, stdout, _ = run(capsys, src, first, *common, "--frames", "first")
+    assert rc == 0 and sorted(images_under(first)) == ["anim.png", "scan.png", "still.png"]
+    with Image.open(first / "anim.png") as im:
+        assert not getattr(im, "is_animated", False) and im.size == (40, 32)
+    # the first frame of --frames all is the same image as --frames first: one seed for every frame
+    with Image.open(out / "anim.png") as im:
+        np.testing.assert_array_equal(
+            np.asarray(im.convert("RGB")), np.asarray(Image.open(first / "anim.png"))
+        )
+
+
+def test_killed_mid_animation_resumes_at_the_next_frame(tmp_path, capsys, common):
+    src = tmp_path / "in"
+    src.mkdir()
+    _gif(src / "anim.gif", [photo(*SLOW_INPUT, k) for k in range(4)], [50, 60, 70, 80], loop=2)
+    out, ref, log = tmp_path / "out", tmp_path / "ref", tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [_console_script(), "upscale", str(src), str(out), *map(str, common), "--quiet", "--workers", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for_outputs(proc, out / "manifest.jsonl", 1)
+    proc.kill()
+    proc.wait()
+    parts = sorted((out / ".ccsr-frames").glob("anim.png.frame*.png"))
+    assert 1 <= len(parts) < 4 and not (out / "anim.png").exists(), "the run finished before the kill"
+
+    rc, _, err = run(capsys, src, out, *common, "--log-jsonl", log)
+
+    assert rc == 0, err
+    redone = [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "image"]
+    assert len(redone) == 4 - len(parts)  # the frames already on disk were not computed again
+    assert run(capsys, src, ref, *common)[0] == 0
+    assert (out / "anim.png").read_bytes() == (ref / "anim.png").read_bytes()
+    with Image.open(out / "anim.png") as im:
+        assert im.n_frames == 4 and im.info["loop"] == 2
+    assert not (out / ".ccsr-frames").exists()

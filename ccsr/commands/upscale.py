@@ -30,7 +30,7 @@ OUTPUT_DIR), 130 interrupted.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
     from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
-    from ccsr.upscale_config import COLOR_FIXES, PRECISIONS, TILING_MODES
+    from ccsr.upscale_config import COLOR_FIXES, FRAMES, PRECISIONS, TILING_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
@@ -109,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_OUTPUT_PIXELS,
         help="refuse an input whose output, or the canvas the model works on, is larger (default 64 MP)",
+    )
+    g.add_argument(
+        "--frames",
+        choices=FRAMES,
+        default="all",
+        help="multi-page TIFF and animated GIF/WebP/PNG: upscale every frame (all), or the first only",
     )
     g = parser.add_argument_group("execution")
     g.add_argument(
@@ -189,7 +195,7 @@ def config_from_args(args: argparse.Namespace):
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
         "guidance_scale prompt negative_prompt scale process_size color_fix seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
-        "max_pixels max_output_pixels workers channels_last compile quiet log_jsonl report report_gt"
+        "max_pixels max_output_pixels frames workers channels_last compile quiet log_jsonl report report_gt"
     ).split()
     return UpscaleConfig(
         inputs=tuple(args.paths[:-1]),
