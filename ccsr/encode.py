@@ -5,9 +5,10 @@ metadata over.
   PNG is written by :func:`png16` since neither Pillow nor OpenCV writes 2-channel 16-bit PNG);
 * EXIF and ICC profile are written back where the format can hold them;
 * **metadata never costs an output**: when the encoder refuses the metadata (EXIF over JPEG's 64 KB
-  segment limit, a profile or block a writer cannot take), the image is written with less of it, in
-  this order: EXIF reduced to its orientation tag (already 1), then no EXIF, then no ICC profile, then
-  no metadata at all; what was dropped and why is returned as a note for the log and ``run.json``.
+  segment limit, an ICC profile over JPEG's 255 segments, a block a writer cannot take), the image is
+  written with less of it, trying in this order: EXIF reduced to its orientation tag (already 1), no
+  ICC profile, no EXIF, neither but the orientation, no metadata at all; what was dropped and why is
+  returned as a note for the log and ``run.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ccsr.io import OUTPUT_FORMATS, _cv2
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's convert("L")
 _EXIF_ORIENTATION = 0x0112
+_JPEG_MAX_ICC = 255 * 65519  # 255 APP2 segments of 65519 profile bytes each
 
 
 # ---------------------------------------------------------------------------------------------- model output
@@ -85,6 +87,8 @@ def encode_image(
         kwargs["subsampling"] = 0 if quality >= 90 else 2  # keep chroma detail at high quality
 
     def save(icc: bytes | None, ex: bytes | None) -> bytes:
+        if fmt == "jpg" and icc and len(icc) > _JPEG_MAX_ICC:  # Pillow would write a profile no reader takes
+            raise ValueError(f"ICC profile of {len(icc)} bytes is over JPEG's {_JPEG_MAX_ICC} bytes")
         buf = io.BytesIO()
         meta = {k: v for k, v in (("icc_profile", icc), ("exif", ex)) if v}
         im.save(buf, OUTPUT_FORMATS[fmt][1], **kwargs, **meta)
@@ -97,15 +101,20 @@ def with_metadata_fallback(save, icc: bytes | None, exif: bytes | None, fmt: str
     """``(save(icc, exif), notes)``, dropping metadata step by step while ``save`` refuses it.
 
     Once a save without any metadata fails too, that error is raised: the pixels were the problem."""
-    small_exif = _orientation_only(exif)
-    tries = [(icc, exif, None)]
-    if exif:
-        if small_exif and small_exif != exif:
-            tries.append((icc, small_exif, "EXIF reduced to its orientation tag"))
-        tries.append((icc, None, "EXIF dropped"))
-    if icc:
-        tries.append((None, small_exif, "ICC profile dropped" + ("; EXIF reduced" if exif else "")))
-        tries.append((None, None, "EXIF and ICC profile dropped" if exif else "ICC profile dropped"))
+    small = _orientation_only(exif)
+    candidates = [
+        (icc, exif, None),
+        (icc, small, "EXIF reduced to its orientation tag"),
+        (None, exif, "ICC profile dropped"),
+        (icc, None, "EXIF dropped"),
+        (None, small, "ICC profile dropped, EXIF reduced to its orientation tag"),
+        (None, None, "metadata dropped"),
+    ]
+    tries, seen = [], set()
+    for i, e, lost in candidates:
+        if (i, e) not in seen:
+            seen.add((i, e))
+            tries.append((i, e, lost))
     first_error: Exception | None = None
     for k, (i, e, lost) in enumerate(tries):
         try:

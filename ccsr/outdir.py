@@ -94,13 +94,13 @@ def acquire_lock(folder: Path, command: list[str], started: str) -> RunLock:
 def _try_lock(fd: int, path: Path) -> bool:
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - no flock (Windows): decide by the recorded pid
-        holder = _read_json(fd)
-        return not (holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid")))
-    try:
+
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except (ImportError, OSError):  # no flock here (Windows, some network file systems): the recorded pid
+        holder = _read_json(fd)
+        return not (holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid")))
     return True
 
 
