@@ -272,6 +272,13 @@ def test_output_folder_that_cannot_be_created_or_written_is_refused_first(tmp_pa
     )
     assert p.returncode == 2 and "cannot be written (File too large)" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and list(out.iterdir()) == []
+    if os.geteuid() != 0:  # permissions bind everyone but root
+        out.chmod(0o555)
+        try:
+            p = _ccsr(src, out, "--model", tiny_model_dir)
+        finally:
+            out.chmod(0o755)
+        assert p.returncode == 2 and "cannot be written (Permission denied)" in p.stderr, p.stderr
 
 
 def test_folder_that_stops_taking_files_mid_run_stops_with_a_summary(tmp_path, capsys, common):
