@@ -71,7 +71,7 @@ def acquire_lock(folder: Path, command: list[str], started: str) -> RunLock:
     """Take ``folder``'s run lock, or raise :class:`InputError` naming the run that holds it."""
     path = folder / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "command": command}
-    while True:
+    for _ in range(20):  # a lock file replaced under us repeatedly is a folder other runs keep using
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -89,6 +89,9 @@ def acquire_lock(folder: Path, command: list[str], started: str) -> RunLock:
         os.pwrite(fd, (json.dumps(me, ensure_ascii=True) + "\n").encode("ascii"), 0)
         os.fsync(fd)
         return RunLock(path, fd)
+    raise InputError(
+        f"OUTPUT_DIR {folder}: its lock file {path} keeps changing; another run is starting there"
+    )
 
 
 def _try_lock(fd: int, path: Path) -> bool:
