@@ -13,7 +13,7 @@ one, the step presets of ccsr.schedule).
 Metrics (pyiqa via ``ccsr.metrics``, the paper's protocol): PSNR and SSIM on the Y channel after a 4-px
 border crop; PIQE (no-reference, hand-crafted: no weights to download, lower is better) on the same
 crop. ccsr-tiny's numbers are means over ``--seeds`` seeds x images; G-STD = mean over images of the
-std over seeds of a metric; L-STD = mean over images of the per-pixel std over seeds (spec §5.2-5.3).
+std over seeds of a metric; L-STD = mean over images of the per-pixel std over seeds (docs/algorithm.md §5.2-5.3).
 Writes ``results.json``, ``results.md`` and ``figure.png`` (LR / bicubic / 1-step / 2-step / GT).
 """
 

@@ -5,8 +5,13 @@ Importing ``ccsr`` is cheap; heavy modules load on first use of ``ccsr.CCSRPipel
 
 from __future__ import annotations
 
+from ccsr.quiet import quiet_libraries
+
 __version__ = "0.1.0"
 __all__ = ["CCSRPipeline", "CCSRPipelineOutput", "__version__"]
+
+
+quiet_libraries()  # library chatter that is noise to users (ccsr.quiet); CCSR_VERBOSE=1 keeps it
 
 
 def __getattr__(name: str):

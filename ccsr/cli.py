@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
+import os
 import sys
+
+from ccsr.quiet import VERBOSE_ENV, quiet_libraries
 
 #: command name -> module; the module is imported only when the command runs or asks for help.
 COMMANDS: dict[str, str] = {
@@ -36,6 +38,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="ccsr", description="Content-consistent diffusion super-resolution (CCSR-v2)."
     )
     parser.add_argument("--version", action="version", version=f"ccsr {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' own warnings and progress bars (same as CCSR_VERBOSE=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod_name in _available().items():
         if only is not None and name != only:
@@ -49,10 +56,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # diffusers imports bitsandbytes when it is installed (pyiqa pulls it in), and on CPUs with AVX512-BF16
-    # it warns on every start about an optional kernel package unrelated to anything ccsr does.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # accepted before or after the command name
+        argv.remove("--verbose")
+        os.environ[VERBOSE_ENV] = "1"  # inherited by accelerate's worker processes too
+    quiet_libraries()
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Colour correction of the SR output against the bicubic-upsampled LR (spec §1.9, from StableSR).
+"""Colour correction of the SR output against the bicubic-upsampled LR (docs/algorithm.md §1.9, from StableSR).
 
 Tensors are float ``(B, 3, H, W)`` in ``[0, 1]``; results are clamped to ``[0, 1]``.
 """

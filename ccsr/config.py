@@ -2,7 +2,7 @@
 
     >>> cfg = load_config(Stage1Config, "configs/train/stage1.yaml", ["optimizer.learning_rate=1e-5"])
 
-Rules (ARCHITECTURE §3.2, nanoGPT's configurator rather than BasicSR's ``opt.get``):
+Rules (in the spirit of nanoGPT's configurator rather than BasicSR's ``opt.get``):
 
 * every yaml section is a dataclass, every key a typed field; an unknown key is a :class:`ConfigError`
   that lists the valid keys (and the nearest one), a missing required key names itself;
@@ -21,6 +21,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -54,17 +55,30 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a yaml value to ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a section (mapping) of {_type_name(tp)}, got {value!r}")
-        return _from_dict(tp, value, key + ".")
+        return _from_dict(tp, value, key + ".")  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            if type(None) in args:
-                return None
-            raise bad
+        return _coerce_union(value, tp, key)
+    if origin is Literal:
+        return _coerce_literal(value, typing.get_args(tp), key)
+    if origin is tuple:
+        return _coerce_tuple(value, typing.get_args(tp), key)
+    if tp in _SCALARS:
+        try:
+            return _SCALARS[tp](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}") from None
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # a bug in a config class, not user input
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if type(None) in args:
+            return None
+    else:
         for arg in args:
             if arg is type(None):
                 continue
@@ -72,59 +86,62 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise bad
-    if origin is Literal:
-        args = typing.get_args(tp)
-        if isinstance(value, bool):
-            # YAML 1.1 reads a bare `no` / `off` as False: map it back to the spelling the choice uses.
-            spellings = ("yes", "true", "on") if value else ("no", "false", "off")
-            value = next((a for a in args if isinstance(a, str) and a.lower() in spellings), value)
-        if value in args and not (isinstance(value, bool) and bool not in map(type, args)):
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in typing.get_args(tp))}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items))
-        if len(items) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-5" as a string (YAML 1.1 needs "1.0e-5")
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # a bug in a config class, not user input
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_literal(value: Any, choices: tuple, key: str) -> Any:
+    if isinstance(value, bool):
+        # YAML 1.1 reads a bare `no` / `off` as False: map it back to the spelling the choice uses.
+        spellings = ("yes", "true", "on") if value else ("no", "false", "off")
+        value = next((a for a in choices if isinstance(a, str) and a.lower() in spellings), value)
+    if value in choices and not (isinstance(value, bool) and bool not in map(type, choices)):
+        return value
+    raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in choices)}")
+
+
+def _coerce_tuple(value: Any, args: tuple, key: str) -> tuple:
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items))
+    if len(items) != len(args):
+        raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise TypeError(value)
+
+
+def _to_float(value: Any) -> float:
+    # PyYAML reads "1e-5" as a string (YAML 1.1 needs "1.0e-5"): strings are parsed too.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(value)
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(value)
+
+
+#: Scalar field types and their converters (``ValueError`` / ``TypeError``: not convertible).
+_SCALARS: dict[Any, Callable[[Any], Any]] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -173,15 +190,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+#: The default configs, shipped inside the package (``ccsr/configs`` is the repository's ``configs/``).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config_file(yaml_path: str | os.PathLike) -> Path:
+    """``yaml_path`` itself when it exists; else, for a path under ``configs/`` (the defaults every config
+    names, e.g. ``configs/tiny/arch.yaml``), the copy shipped in the package, so that an installed ccsr
+    trains from any folder. :class:`ConfigError` names the path when neither exists."""
+    path = Path(yaml_path)
+    if path.is_file():
+        return path
+    parts = path.parts
+    if not path.is_absolute() and len(parts) > 1 and parts[0] == "configs":
+        packaged = PACKAGED_CONFIGS.joinpath(*parts[1:])
+        if packaged.is_file():
+            return packaged
+    raise ConfigError(f"config file {path} not found (nor among the configs shipped with ccsr)")
+
+
 def load_config(
     cls: type[T], yaml_path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> T:
     """Build ``cls`` from ``yaml_path`` (optional) with ``overrides`` (``"section.key=value"``) applied on top."""
     data: dict = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
+        path = find_config_file(yaml_path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -219,7 +253,8 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _check(cond: bool, message: str) -> None:
+def check(cond: bool, message: str) -> None:
+    """The one assertion of every config's ``__post_init__``: :class:`ConfigError` with ``message``."""
     if not cond:
         raise ConfigError(message)
 
@@ -240,7 +275,9 @@ class DataConfig:
     """Training images and the on-the-fly degradation."""
 
     train: tuple[str, ...]  # HQ image folders and/or list files (one path per line)
-    degradation: str | None = None  # yaml of Real-ESRGAN parameters; null: the reference values (spec §3.4)
+    degradation: str | None = (
+        None  # yaml of Real-ESRGAN parameters; null: the reference values (docs/algorithm.md §3.4)
+    )
     resolution: int = 512  # GT crop side; the reference hard-codes 512
     num_workers: int = 4  # DataLoader workers (the Dataset does no device work)
     cache_mb: int = 0  # decoded training images kept in memory per worker (small data sets); 0: none
@@ -249,18 +286,18 @@ class DataConfig:
     val_max_images: int = 4  # validation images logged every train.validation_steps
 
     def __post_init__(self) -> None:
-        _check(len(self.train) > 0, "train: give at least one image folder or list file")
-        _check(
+        check(len(self.train) > 0, "train: give at least one image folder or list file")
+        check(
             self.resolution % 8 == 0 and self.resolution >= 8,
             f"resolution={self.resolution} must be a positive multiple of 8",
         )
-        _check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
-        _check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
-        _check(
+        check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+        check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
+        check(
             (self.val_lr is None) == (self.val_hr is None),
             "val_lr and val_hr go together: set both or neither",
         )
-        _check(self.val_max_images >= 1, f"val_max_images={self.val_max_images} must be >= 1")
+        check(self.val_max_images >= 1, f"val_max_images={self.val_max_images} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -279,13 +316,13 @@ class OptimizerConfig:
     use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit: less optimizer memory on GPU
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0")
-        _check(self.lr_warmup_steps >= 0, f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        check(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0")
+        check(self.lr_warmup_steps >= 0, f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             v = getattr(self, name)
-            _check(0.0 <= v < 1.0, f"{name}={v} must be in [0, 1)")
-        _check(self.adam_weight_decay >= 0, f"adam_weight_decay={self.adam_weight_decay} must be >= 0")
-        _check(self.adam_epsilon > 0, f"adam_epsilon={self.adam_epsilon} must be > 0")
+            check(0.0 <= v < 1.0, f"{name}={v} must be in [0, 1)")
+        check(self.adam_weight_decay >= 0, f"adam_weight_decay={self.adam_weight_decay} must be >= 0")
+        check(self.adam_epsilon > 0, f"adam_epsilon={self.adam_epsilon} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -318,12 +355,12 @@ class LoopConfig:
             "validation_steps",
         ):
             v = getattr(self, name)
-            _check(v >= 1, f"{name}={v} must be >= 1")
-        _check(
+            check(v >= 1, f"{name}={v} must be >= 1")
+        check(
             self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0 (0 disables clipping)"
         )
-        _check(
+        check(
             self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
             f"checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1 or null",
         )
-        _check(0.0 < self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in (0, 1)")
+        check(0.0 < self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in (0, 1)")

@@ -1,6 +1,6 @@
 """The CCSR denoiser: UNet(x_t, t, text, residuals = ControlNet(x_t, t, text, z_lr)).
 
-One function shared by the pipeline and both training stages (spec §1.8). Its output is what the
+One function shared by the pipeline and both training stages (docs/algorithm.md §1.8). Its output is what the
 scheduler's ``prediction_type`` says (epsilon for SD-2.1-base and the official weights, v for
 ccsr-tiny); :func:`ccsr.diffusion.predict_x0` reads it.
 """

@@ -1,6 +1,6 @@
 """The only home of the x0 / add-noise arithmetic, shared by the pipeline and all training stages.
 
-All maths runs in float32 on ``alphas_cumprod`` (spec §8.3), whatever the network dtype. The
+All maths runs in float32 on ``alphas_cumprod`` (docs/algorithm.md §8.3), whatever the network dtype. The
 denoiser's output is read in the scheduler's ``prediction_type``: ``"epsilon"`` (SD-2.1-base and so
 the official CCSR-v2 weights), ``"v_prediction"`` (Salimans & Ho 2022, "Progressive Distillation",
 §4; ccsr-tiny) or ``"sample"`` (x0 itself).

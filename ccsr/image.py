@@ -1,6 +1,6 @@
 """Pre- and post-processing of images: the reference's resize plan and PIL/NumPy/tensor conversion.
 
-The resize plan reproduces ``test_ccsr_tile.py`` (spec §1.3) with PIL's bicubic filter:
+The resize plan reproduces ``test_ccsr_tile.py`` (docs/algorithm.md §1.3) with PIL's bicubic filter:
 enlarge small inputs so that the output's short side reaches ``process_size``, upscale by
 ``upscale``, stretch to multiples of 8, and after super-resolution resize to exactly
 ``upscale x`` the input size.

@@ -1,4 +1,4 @@
-"""``CCSRPipeline``: CCSR-v2 inference (spec §1.3-1.9) as a diffusers pipeline.
+"""``CCSRPipeline``: CCSR-v2 inference (docs/algorithm.md §1.3-1.9) as a diffusers pipeline.
 
 >>> pipe = CCSRPipeline.from_pretrained("preset/models", torch_dtype=torch.float16).to("cuda")
 >>> out = pipe(Image.open("lr.png"), steps=1, generator=torch.Generator().manual_seed(0))
@@ -20,13 +20,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ccsr.color import COLOR_FIXES, apply_color_fix
+from ccsr.color import COLOR_FIXES
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
-from ccsr.image import make_canvas, pil_to_tensor, plan_resize, resize_float, tensor_to_pil
-from ccsr.models.loading import DEFAULT_COLOR_FIX
+from ccsr.image import make_canvas, pil_to_tensor, plan_resize
+from ccsr.models.loading import REFERENCE_DEFAULTS
+from ccsr.postprocess import check_postprocess, finish_images
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import tile_windows, tiled_apply
+from ccsr.tiling import check_tile_window, tile_windows, tiled_apply
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -63,8 +64,14 @@ class CCSRPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self._prompt_cache: dict[tuple, torch.Tensor] = {}
-        #: what ``color_fix=None`` means: the loaded folder's ``inference_defaults.json``, else adain
-        self.default_color_fix = DEFAULT_COLOR_FIX
+        #: what ``color_fix`` / ``postprocess`` / ``tile_window=None`` mean: the loaded folder's
+        #: ``inference_defaults.json``, else the authors' behaviour (:data:`REFERENCE_DEFAULTS`)
+        self.inference_defaults = dict(REFERENCE_DEFAULTS)
+
+    @property
+    def default_color_fix(self) -> str:
+        """What ``color_fix=None`` means (``inference_defaults["color_fix"]``)."""
+        return self.inference_defaults["color_fix"]
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -80,7 +87,7 @@ class CCSRPipeline(DiffusionPipeline):
     ) -> CCSRPipeline:
         """Load from the official release layout, a single folder, or a Hub repo id (see
         :mod:`ccsr.models.loading`). ``base``/``controlnet``/``vae`` override single components."""
-        from ccsr.models.loading import load_components, recommended_color_fix
+        from ccsr.models.loading import load_components, recommended_settings
 
         c = load_components(
             pretrained_model_name_or_path,
@@ -92,7 +99,7 @@ class CCSRPipeline(DiffusionPipeline):
         )
         pipe = cls(c.unet, c.controlnet, c.vae, c.text_encoder, c.tokenizer, c.scheduler)
         pipe.component_paths = c.paths
-        pipe.default_color_fix = recommended_color_fix(c.paths.root)
+        pipe.inference_defaults = recommended_settings(c.paths.root)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: object) -> None:
@@ -107,9 +114,11 @@ class CCSRPipeline(DiffusionPipeline):
         self.text_encoder.save_pretrained(os.path.join(root, "text_encoder"), safe_serialization=True)
         self.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(root, "scheduler"))
-        save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"))
-        if self.default_color_fix != DEFAULT_COLOR_FIX:
-            write_inference_defaults(root, self.default_color_fix)
+        kind = self.scheduler.config.prediction_type
+        save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"), kind)
+        own = {k: v for k, v in self.inference_defaults.items() if v != REFERENCE_DEFAULTS[k]}
+        if own:
+            write_inference_defaults(root, **own)
 
     # ------------------------------------------------------------------ speed
     def optimize(
@@ -216,6 +225,7 @@ class CCSRPipeline(DiffusionPipeline):
         upscale: int = 4,
         process_size: int = 512,
         color_fix: str | None = None,
+        postprocess: str | None = None,
         start_timestep: int = DEFAULT_START_TIMESTEP,
         start_point: Literal["lr", "noise"] = "lr",
         initial_prompt: InitialPrompt = "reference",
@@ -226,6 +236,7 @@ class CCSRPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         tile_batch: int = 1,
+        tile_window: str | None = None,
         tile_callback: Callable[[int, int], None] | None = None,
         vae_tiling: bool = False,
         output_type: Literal["pil", "np", "pt", "latent"] = "pil",
@@ -240,6 +251,9 @@ class CCSRPipeline(DiffusionPipeline):
             upscale, process_size: the reference's resize plan (:func:`ccsr.image.plan_resize`).
             color_fix: ``"adain"`` (reference), ``"wavelet"`` or ``"none"``; ``None``: the model's
                 recommendation (:attr:`default_color_fix`: its ``inference_defaults.json``, else adain).
+            postprocess: ``"reference"``: the authors' 8-bit order (round, colour fix, truncate, resize;
+                their exact files); ``"float"``: colour fix and resize in float, one rounding
+                (:mod:`ccsr.postprocess`). ``None``: the model's recommendation, else ``"reference"``.
             start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
             initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
                 ``"reference"`` uses the negative prompt (as the published code and results),
@@ -251,6 +265,9 @@ class CCSRPipeline(DiffusionPipeline):
             tile_size, tile_stride: latent-tiled diffusion with windows of this many *pixels*
                 (reference: 512 / 256); ``None`` runs the whole latent at once.
             tile_batch: tiles per network call when tiling.
+            tile_window: tile blending weight, ``"reference"`` (the authors' Gaussian, off-centre
+                vertically) or ``"symmetric"`` (:func:`ccsr.tiling.gaussian_weights`). ``None``: the
+                model's recommendation, else ``"reference"``.
             tile_callback: ``(done, total)`` after each tile group, counting tiles over all evaluations.
             vae_tiling: tiled VAE encode/decode (diffusers ``enable_tiling``) for large images.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (float in [0, 1]) or ``"latent"``.
@@ -265,6 +282,8 @@ class CCSRPipeline(DiffusionPipeline):
             )
         if color_fix is None:
             color_fix = self.default_color_fix
+        postprocess = check_postprocess(postprocess or self.inference_defaults["postprocess"])
+        tile_window = check_tile_window(tile_window or self.inference_defaults["tile_window"])
         if color_fix not in COLOR_FIXES and color_fix != "nofix":
             raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
         if start_point not in ("lr", "noise"):
@@ -342,7 +361,7 @@ class CCSRPipeline(DiffusionPipeline):
 
                 if tiles is None:
                     return fn(x, z_lr)
-                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch, progress)
+                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch, tile_window, progress)
 
             n_windows = len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) if tiles else 0
             evals = (schedule.start_timestep is not None) + len(schedule.loop)
@@ -381,15 +400,9 @@ class CCSRPipeline(DiffusionPipeline):
                 result: object = x
             else:
                 # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
-                sr = self._decode(x)
-                sr = apply_color_fix(sr, canvas, color_fix)
-                sr = resize_float(sr, plan.output_size).clamp(0, 1)
-                if output_type == "pil":
-                    result = tensor_to_pil(sr)
-                elif output_type == "np":
-                    result = sr.permute(0, 2, 3, 1).cpu().numpy()
-                else:
-                    result = sr
+                result = finish_images(
+                    self._decode(x), canvas, color_fix, plan.output_size, postprocess, output_type
+                )
         finally:
             if vae_tiling:
                 self.vae.disable_tiling()

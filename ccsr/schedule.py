@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: The paper's constants (spec §1.1, §8.5). The reference spells t_max both 0.6666 and 0.6667;
+#: The paper's constants (docs/algorithm.md §1.1, §8.5). The reference spells t_max both 0.6666 and 0.6667;
 #: both give the same grids for every N up to 1000.
 DEFAULT_T_MAX = 0.6667
 DEFAULT_START_TIMESTEP = 999

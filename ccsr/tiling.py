@@ -1,8 +1,11 @@
-"""Latent tiling for diffusion on large images (mixture-of-diffusers blending, spec §1.11).
+"""Latent tiling for diffusion on large images (mixture-of-diffusers blending, docs/algorithm.md §1.11).
 
 Pure tensor code: :func:`tiled_apply` knows a callable and tensors, nothing about models.
 Compared with the reference: tiles clamp to the input (an input smaller than one tile works,
-csslc/CCSR#50), windows always reach the far edge, and the Gaussian weights are symmetric.
+csslc/CCSR#50) and windows always reach the far edge. The Gaussian window is the authors' by default
+(``window="reference"``: centred at ``(w - 1) / 2`` across but ``h / 2`` down, the asymmetry of their
+``gaussian_weights``, inherited from mixture-of-diffusers, and computed in float64 as theirs);
+``window="symmetric"`` centres it at ``(n - 1) / 2`` on both axes.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -26,11 +30,31 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def gaussian_weights(height: int, width: int, var: float = 0.01) -> torch.Tensor:
-    """Separable Gaussian window ``(height, width)``, centred, symmetric under flips.
+TILE_WINDOWS: tuple[str, ...] = ("reference", "symmetric")
 
-    ``g(x) = exp(-(x - m)^2 / (2 var T^2)) / sqrt(2 pi var)`` with ``m = (T - 1) / 2``.
+
+def check_tile_window(window: str) -> str:
+    if window not in TILE_WINDOWS:
+        raise ValueError(f"tile_window={window!r} must be one of {TILE_WINDOWS}")
+    return window
+
+
+def gaussian_weights(height: int, width: int, var: float = 0.01, window: str = "symmetric") -> torch.Tensor:
+    """Separable Gaussian window ``(height, width)``.
+
+    ``g(x) = exp(-(x - m)^2 / (2 var T^2)) / sqrt(2 pi var)``. ``"symmetric"``: ``m = (T - 1) / 2`` on both
+    axes, float32. ``"reference"``: the authors' ``gaussian_weights`` (``pipelines/pipeline_ccsr.py``):
+    ``m = (w - 1) / 2`` across, ``m = h / 2`` down, float64 as their NumPy computation.
     """
+
+    if check_tile_window(window) == "reference":
+
+        def ref(n: int, m: float) -> list[float]:  # their expression, evaluated in their order
+            return [
+                np.exp(-(x - m) * (x - m) / (n * n) / (2 * var)) / np.sqrt(2 * np.pi * var) for x in range(n)
+            ]
+
+        return torch.from_numpy(np.outer(ref(height, height / 2), ref(width, (width - 1) / 2)))
 
     def g(n: int) -> torch.Tensor:
         x = torch.arange(n, dtype=torch.float64)
@@ -55,13 +79,16 @@ def tiled_apply(
     tile: int,
     stride: int,
     batch_tiles: int = 1,
+    window: str = "symmetric",
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Apply ``fn(x_tile, cond_tile) -> out_tile`` over overlapping tiles and blend with Gaussian weights.
 
     ``x`` and ``cond`` are ``(B, C, H, W)`` on the same grid; the output has ``fn``'s channel count.
-    Up to ``batch_tiles`` tiles are concatenated along the batch axis into one call. Accumulation is
-    float32; the result is float32. ``progress(n)`` is called after each call with its ``n`` tiles.
+    Up to ``batch_tiles`` tiles are concatenated along the batch axis into one call. ``window``: see
+    :func:`gaussian_weights`. Accumulation is float32 (with ``"reference"`` each weighted tile is formed in
+    float64 first, as the authors' float64 weights promote it); the result is float32. ``progress(n)``
+    is called after each call with its ``n`` tiles.
     """
     b, _, h, w = x.shape
     if cond.shape[-2:] != (h, w):
@@ -74,7 +101,7 @@ def tiled_apply(
         if progress is not None:
             progress(1)
         return out1
-    weight = gaussian_weights(windows[0][2], windows[0][3]).to(x.device)
+    weight = gaussian_weights(windows[0][2], windows[0][3], window=window).to(x.device)
     out: torch.Tensor | None = None
     total = torch.zeros((1, 1, h, w), device=x.device, dtype=torch.float32)
     for i in range(0, len(windows), batch_tiles):

@@ -1,6 +1,6 @@
 """Settings of a ``ccsr upscale`` run as one frozen, validated dataclass (no heavy imports here).
 
-Defaults reproduce the paper's one-step setting (CCSR-S1, spec §1.1/§8.5): 1 denoiser evaluation,
+Defaults reproduce the paper's one-step setting (CCSR-S1, docs/algorithm.md §1.1/§8.5): 1 denoiser evaluation,
 x4, process size 512, the reference prompts (``None`` = the pipeline's defaults). The colour fix
 defaults to the model's recommendation (``inference_defaults.json`` in its folder), else AdaIN.
 """
@@ -8,17 +8,17 @@ defaults to the model's recommendation (``inference_defaults.json`` in its folde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
+from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
+POSTPROCESS_MODES = ("reference", "float")  # ccsr.postprocess's (not imported: it needs torch)
+TILE_WINDOWS = ("reference", "symmetric")  # ccsr.tiling's
 COLOR_FIXES = ("adain", "wavelet", "none")
 FRAMES = ("all", "first")
-#: ``--model tiny``: the small model shipped inside the package (single-folder layout).
-TINY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ccsr-tiny"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class UpscaleConfig:
     scale: int = 4
     process_size: int = 512
     color_fix: str | None = None  # None: the model folder's recommendation, else "adain" (reference)
+    postprocess: str | None = None  # None: the model folder's recommendation, else "reference"
+    tile_window: str | None = None  # None: the model folder's recommendation, else "reference"
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
@@ -98,6 +100,14 @@ class UpscaleConfig:
         need(
             self.color_fix is None or self.color_fix in COLOR_FIXES,
             f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
+        )
+        need(
+            self.postprocess is None or self.postprocess in POSTPROCESS_MODES,
+            f"--postprocess {self.postprocess!r}: choose one of {POSTPROCESS_MODES}",
+        )
+        need(
+            self.tile_window is None or self.tile_window in TILE_WINDOWS,
+            f"--tile-window {self.tile_window!r}: choose one of {TILE_WINDOWS}",
         )
         need(
             self.start_point in ("lr", "noise"), f"--start-point {self.start_point!r}: choose 'lr' or 'noise'"
@@ -157,15 +167,3 @@ class UpscaleConfig:
             self.tiling == "on" or (self.tiling == "auto" and big),
             self.vae_tiling == "on" or (self.vae_tiling == "auto" and big),
         )
-
-
-def resolve_model_root(model: str) -> str:
-    """``tiny`` -> the shipped ccsr-tiny folder; anything else is passed on (a folder or a Hub repo id)."""
-    if model == "tiny":
-        if not TINY_MODEL_DIR.is_dir():
-            raise FileNotFoundError(
-                f"the shipped ccsr-tiny model is not part of this installation (expected {TINY_MODEL_DIR}); "
-                "pass --model with a folder or Hub repo id of CCSR-v2 weights"
-            )
-        return str(TINY_MODEL_DIR)
-    return model

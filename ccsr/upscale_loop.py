@@ -218,6 +218,8 @@ def _upscale(
 
     canvas = plan_resize(loaded.image.size, cfg.scale, cfg.process_size).canvas_size
     latent_tiles, vae_tiles = cfg.tiling_for(canvas)
+    # The authors' post-processing is 8-bit by definition; 16-bit inputs keep 16 bits through the float path.
+    postprocess = task.run.settings["postprocess"] if loaded.image.bit_depth == 8 else "float"
     kwargs = dict(
         steps=task.run.steps,
         num_inference_steps=cfg.num_inference_steps,
@@ -229,6 +231,8 @@ def _upscale(
         upscale=cfg.scale,
         process_size=cfg.process_size,
         color_fix=task.run.settings["color_fix"],
+        postprocess=postprocess,
+        tile_window=task.run.settings["tile_window"],
         start_timestep=cfg.start_timestep,
         start_point=cfg.start_point,
         tile_batch=cfg.tile_batch,
@@ -253,7 +257,12 @@ def _upscale(
         latent_tiles = vae_tiles = True
         out = call(True, True)
     sr = out.images[0].float().cpu().numpy()
-    return sr, {"timesteps": list(out.timesteps), "tiled": latent_tiles, "vae_tiled": vae_tiles}
+    return sr, {
+        "timesteps": list(out.timesteps),
+        "tiled": latent_tiles,
+        "vae_tiled": vae_tiles,
+        "postprocess": postprocess,
+    }
 
 
 def _finish_write(

@@ -110,7 +110,7 @@ def _rel_for(cfg: UpscaleConfig, f: InputFile, k: int, ext: str) -> str:
 
 
 def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, str]:
-    from ccsr.models.loading import recommended_color_fix, resolve_paths
+    from ccsr.models.loading import check_base_matches, recommended_settings, resolve_paths
     from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
     from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
 
@@ -118,7 +118,11 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
     try:
         root = resolve_model_root(cfg.model)
         paths = resolve_paths(root, cfg.base, cfg.controlnet, cfg.vae)
-        color_fix = cfg.color_fix or recommended_color_fix(paths.root)
+        check_base_matches(paths)
+        recommended = recommended_settings(paths.root)  # the model folder's inference_defaults.json
+        color_fix = cfg.color_fix or recommended["color_fix"]
+        postprocess = cfg.postprocess or recommended["postprocess"]
+        tile_window = cfg.tile_window or recommended["tile_window"]
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
     identity = model_identity(paths.as_dict())
@@ -148,6 +152,8 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
             "scale": cfg.scale,
             "process_size": cfg.process_size,
             "color_fix": color_fix,
+            "postprocess": postprocess,
+            "tile_window": tile_window,
             "precision": dtype_name,
             "tiling": cfg.tiling_settings(),
             "format": cfg.output_format,

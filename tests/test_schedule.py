@@ -1,4 +1,4 @@
-"""The schedule as a pure unit: the reference's observed table (spec §9) and properties."""
+"""The schedule as a pure unit: the reference's observed table (docs/algorithm.md §9) and properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
 
 T_MAX = 0.6667
 
-# (N, t_min) -> (timesteps evaluated, final_x0) as observed running the reference (spec §9);
+# (N, t_min) -> (timesteps evaluated, final_x0) as observed running the reference (docs/algorithm.md §9);
 # None marks the reference's UnboundLocalError crashes, which we turn into ValueError.
 GOLDEN = {
     (1, 0.0): ((999,), False),

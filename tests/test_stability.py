@@ -1,4 +1,4 @@
-"""G-STD and L-STD as pure functions, with expectations worked out by hand (spec §5.2-5.3)."""
+"""G-STD and L-STD as pure functions, with expectations worked out by hand (docs/algorithm.md §5.2-5.3)."""
 
 from __future__ import annotations
 

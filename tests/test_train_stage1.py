@@ -99,7 +99,8 @@ def test_stage1_losses_match_hand_computation():
 
     abar = DDPMScheduler.from_config(SD21_SCHEDULER).alphas_cumprod
     assert torch.allclose(abar, _sd21_alphas_cumprod(), atol=1e-6)
-    assert abs(abar[999].sqrt() - 0.0683) < 1e-4 and abs((1 - abar[999]).sqrt() - 0.9977) < 1e-4  # spec §1.5
+    # docs/algorithm.md §1.5
+    assert abs(abar[999].sqrt() - 0.0683) < 1e-4 and abs((1 - abar[999]).sqrt() - 0.9977) < 1e-4
     g = torch.Generator().manual_seed(0)
     z, c = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
     noise, t = torch.randn(3, 2, 4, 3, 3, generator=g), torch.tensor([10, 600])

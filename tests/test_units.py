@@ -16,7 +16,7 @@ from ccsr.image import make_canvas, plan_resize, resize_float
 from ccsr.tiling import gaussian_weights, tile_starts, tile_windows, tiled_apply
 
 
-# ---------------------------------------------------------------- resize plan (spec §1.3)
+# ---------------------------------------------------------------- resize plan (docs/algorithm.md §1.3)
 def test_plan_examples():
     p = plan_resize((128, 128), 4, 512)
     assert (p.canvas_size, p.output_size) == ((512, 512), (512, 512))
@@ -58,7 +58,7 @@ def test_resize_float_matches_pil_up_to_quantisation(size):
     assert np.abs(out.clip(0, 1) - ref).mean() <= 0.4 / 255
 
 
-# ---------------------------------------------------------------- colour fix (spec §1.9)
+# ---------------------------------------------------------------- colour fix (docs/algorithm.md §1.9)
 def test_adain_matches_source_statistics():
     g = torch.Generator().manual_seed(0)
     target = torch.rand(1, 3, 32, 32, generator=g) * 0.5
@@ -145,7 +145,7 @@ def test_unknown_prediction_type_is_named():
         training_target(x, x, 5, ac, "flow")
 
 
-# ---------------------------------------------------------------- tiling (spec §1.11)
+# ---------------------------------------------------------------- tiling (docs/algorithm.md §1.11)
 @pytest.mark.parametrize(
     "length,tile,stride", [(100, 64, 32), (64, 64, 32), (20, 64, 32), (97, 16, 16), (65, 64, 1)]
 )

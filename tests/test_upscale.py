@@ -157,6 +157,8 @@ def test_folder_of_real_and_bad_files(tmp_path, capsys, common, tiny_model_dir):
     for ln in lines:
         assert (ln["sample"], ln["seed"], ln["timesteps"]) == (0, 0, [999])
         assert ln["output_sha256"] == file_sha256(out / ln["output"])
+        # the authors' post-processing is 8-bit: a 16-bit input keeps its precision through the float path
+        assert ln["postprocess"] == ("float" if ln["output"] == "e16.png" else "reference")
 
 
 def test_resume_skips_done_work_and_never_keeps_other_settings(tmp_path, capsys, common):
@@ -215,6 +217,51 @@ def test_colour_fix_defaults_to_the_models_recommendation(tmp_path, capsys, comm
     rc, _, stderr = run(capsys, src, tmp_path / "bad", *common, "--model", model)
     assert rc == 2 and INFERENCE_DEFAULTS in stderr and "sepia" in stderr, stderr
     assert not (tmp_path / "bad").exists() or not images_under(tmp_path / "bad")
+
+
+def test_postprocess_and_tile_window_are_recorded_and_resume_never_mixes_them(tmp_path, capsys, common):
+    src = simple_folder(tmp_path / "in", 1)
+    settings = lambda out: json.loads((out / "run.json").read_text())["settings"]  # noqa: E731
+    assert run(capsys, src, tmp_path / "ref", *common)[0] == 0
+    assert (settings(tmp_path / "ref")["postprocess"], settings(tmp_path / "ref")["tile_window"]) == (
+        "reference",
+        "reference",
+    )
+    other = ["--postprocess", "float", "--tile-window", "symmetric"]
+    assert run(capsys, src, tmp_path / "flt", *common, *other)[0] == 0
+    assert (settings(tmp_path / "flt")["postprocess"], settings(tmp_path / "flt")["tile_window"]) == (
+        "float",
+        "symmetric",
+    )
+    assert images_under(tmp_path / "ref") != images_under(tmp_path / "flt")
+    first = images_under(tmp_path / "ref")
+    for extra, why in [
+        (["--postprocess", "float"], 'postprocess: "reference" -> "float"'),
+        (["--tile-window", "symmetric"], 'tile_window: "reference" -> "symmetric"'),
+    ]:
+        rc, _, stderr = run(capsys, src, tmp_path / "ref", *common, *extra)
+        assert rc == 2 and "made with settings" in stderr and why in stderr, stderr
+        assert images_under(tmp_path / "ref") == first  # nothing written
+    rc, _, stderr = run(capsys, src, tmp_path / "flt", *common)  # the defaults are the other values
+    assert rc == 2 and 'postprocess: "float" -> "reference"' in stderr, stderr
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices
+        run(capsys, src, tmp_path / "x", *common, "--postprocess", "8bit")
+    assert exit_info.value.code == 2 and "--postprocess" in capsys.readouterr().err
+
+
+def test_a_768px_v_prediction_base_is_refused_before_any_work(tmp_path, capsys, common, tiny_model_dir):
+    src = simple_folder(tmp_path / "in", 1)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    base = model / "stable-diffusion-2-1-base"
+    for path, key, value in [
+        (base / "scheduler" / "scheduler_config.json", "prediction_type", "v_prediction"),
+        (base / "unet" / "config.json", "sample_size", 96),
+    ]:
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    rc, _, stderr = run(capsys, src, tmp_path / "out", *common, "--model", model)
+    assert rc == 2 and str(base) in stderr and "stable-diffusion-2-1-base as the base" in stderr, stderr
+    assert not (tmp_path / "out").exists() or not images_under(tmp_path / "out")
 
 
 def test_byte_identical_and_seed_k_independent_of_neighbours(tmp_path, capsys, common):

@@ -7,37 +7,14 @@ or FSDP as configured by ``accelerate config``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from ccsr.training.stages import DEFAULT_CONFIGS, STAGES, load_stage
 
 HELP = (
     "train a CCSR stage (stage1: the ControlNet, stage2: the VAE decoder; autoencoder / base: from scratch; "
     "tiny-recipe: all of ccsr-tiny) from a yaml config; --set overrides any key"
 )
-
-#: stage -> (config dataclass, function run(config)), both as "module:attribute", imported on use so
-#: that a bad config is reported before torch loads. Add a stage with one line here.
-STAGES: dict[str, tuple[str, str]] = {
-    "stage1": ("ccsr.training.stage1_config:Stage1Config", "ccsr.training.stage1:run"),
-    "autoencoder": ("ccsr.training.scratch_config:AutoencoderConfig", "ccsr.training.autoencoder:run"),
-    "base": ("ccsr.training.scratch_config:BaseConfig", "ccsr.training.base:run"),
-    "tiny-recipe": ("ccsr.training.scratch_config:RecipeConfig", "ccsr.training.tiny_recipe:run"),
-    "stage2": ("ccsr.training.stage2_config:Stage2Config", "ccsr.training.stage2:run"),
-}
-
-#: Default config file per stage (relative to the repository root).
-DEFAULT_CONFIGS: dict[str, str] = {
-    "stage1": "configs/train/stage1.yaml",
-    "stage2": "configs/train/stage2.yaml",
-    "autoencoder": "configs/tiny/autoencoder.yaml",
-    "base": "configs/tiny/base.yaml",
-    "tiny-recipe": "configs/tiny/recipe.yaml",
-}
-
-
-def _resolve(spec: str):
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ccsr.config import ConfigError, config_to_dict, load_config
 
-    config_cls, run_spec = STAGES[args.stage]
+    config_cls, run = load_stage(args.stage)
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append(f"train.resume_from_checkpoint={args.resume}")
     try:
-        cfg = load_config(_resolve(config_cls), args.config or DEFAULT_CONFIGS[args.stage], overrides)
+        cfg = load_config(config_cls, args.config or DEFAULT_CONFIGS[args.stage], overrides)
     except ConfigError as e:
         print(f"ccsr train {args.stage}: config error: {e}", file=sys.stderr)
         return 2
@@ -84,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    result = _resolve(run_spec)(cfg)
+    result = run(cfg)
     if result.export_dir is not None:
         print(f"trained {result.global_step} steps; exported {result.export_dir}")
     return 0

@@ -30,7 +30,14 @@ OUTPUT_DIR), 130 interrupted.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
     from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
-    from ccsr.upscale_config import COLOR_FIXES, FRAMES, PRECISIONS, TILING_MODES
+    from ccsr.upscale_config import (
+        COLOR_FIXES,
+        FRAMES,
+        POSTPROCESS_MODES,
+        PRECISIONS,
+        TILE_WINDOWS,
+        TILING_MODES,
+    )
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
@@ -97,6 +104,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="colour correction against the input (default: what the model recommends in its "
         "inference_defaults.json, wavelet for --model tiny; adain, the reference's, otherwise)",
+    )
+    g.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_MODES,
+        default=None,
+        help="reference: the authors' 8-bit order (round, colour fix, truncate, resize), their exact files; "
+        "float: colour fix and resize in float, one rounding (more precise). Default: the model's "
+        "inference_defaults.json, else reference",
+    )
+    g.add_argument(
+        "--tile-window",
+        choices=TILE_WINDOWS,
+        default=None,
+        help="Gaussian weight of latent tiles: reference (the authors' off-centre window) or symmetric. "
+        "Default: the model's inference_defaults.json, else reference",
     )
     g.add_argument(
         "--max-pixels",
@@ -193,7 +215,7 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("no model: pass --model FOLDER|HUB_ID|tiny, or set CCSR_MODEL")
     names = (
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
-        "guidance_scale prompt negative_prompt scale process_size color_fix seed samples precision device tiling "
+        "guidance_scale prompt negative_prompt scale process_size color_fix postprocess tile_window seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
         "max_pixels max_output_pixels frames workers channels_last compile quiet log_jsonl report report_gt"
     ).split()

@@ -9,20 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ccsr.config import ConfigError
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
+from ccsr.config import check
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 
 
 @dataclass(frozen=True)
 class DegradationOrder:
-    """One order of Real-ESRGAN's degradation: blur -> random resize -> noise -> JPEG (spec §3.4)."""
+    """One order of Real-ESRGAN's degradation: blur -> random resize -> noise -> JPEG (docs/algorithm.md §3.4)."""
 
     blur_prob: float = 1.0  # the first order always blurs, the second with p=0.5
     kernel_list: tuple[str, ...] = KERNEL_TYPES
@@ -41,35 +35,33 @@ class DegradationOrder:
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kernel_list) - set(KERNEL_TYPES))
-        _check(not unknown, f"kernel_list: unknown kernel types {unknown}; valid: {', '.join(KERNEL_TYPES)}")
-        _check(
+        check(not unknown, f"kernel_list: unknown kernel types {unknown}; valid: {', '.join(KERNEL_TYPES)}")
+        check(
             len(self.kernel_prob) == len(self.kernel_list),
             f"kernel_prob has {len(self.kernel_prob)} values for {len(self.kernel_list)} kernel types",
         )
         for name in ("blur_prob", "sinc_prob", "gaussian_noise_prob", "gray_noise_prob"):
             v = getattr(self, name)
-            _check(0.0 <= v <= 1.0, f"{name}={v} must be a probability in [0, 1]")
+            check(0.0 <= v <= 1.0, f"{name}={v} must be a probability in [0, 1]")
         # basicsr's kernel samplers assert a non-empty sigma interval.
         lo, hi = self.blur_sigma
-        _check(
-            0 < lo < hi, f"blur_sigma=({lo}, {hi}) must satisfy 0 < low < high (basicsr needs an interval)"
-        )
+        check(0 < lo < hi, f"blur_sigma=({lo}, {hi}) must satisfy 0 < low < high (basicsr needs an interval)")
         for name in ("betag_range", "betap_range", "resize_range", "jpeg_range"):
             lo, hi = getattr(self, name)
-            _check(0 < lo <= hi, f"{name}=({lo}, {hi}) must satisfy 0 < low <= high")
+            check(0 < lo <= hi, f"{name}=({lo}, {hi}) must satisfy 0 < low <= high")
         for name in ("noise_range", "poisson_scale_range"):  # 0 turns the noise off
             lo, hi = getattr(self, name)
-            _check(0 <= lo <= hi, f"{name}=({lo}, {hi}) must satisfy 0 <= low <= high")
-        _check(
+            check(0 <= lo <= hi, f"{name}=({lo}, {hi}) must satisfy 0 <= low <= high")
+        check(
             self.resize_range[0] <= 1.0 <= self.resize_range[1],
             f"resize_range={self.resize_range} must contain 1",
         )
-        _check(self.jpeg_range[1] <= 100, f"jpeg_range={self.jpeg_range}: JPEG quality is at most 100")
+        check(self.jpeg_range[1] <= 100, f"jpeg_range={self.jpeg_range}: JPEG quality is at most 100")
         # basicsr's DiffJPEG quantises with tables scaled by (200 - 2q) / 100: q = 100 divides by 0.
-        _check(
+        check(
             self.jpeg_range[0] < 100, f"jpeg_range={self.jpeg_range}: the low end must be below 100 (use 99)"
         )
-        _check(
+        check(
             sum(self.resize_prob) > 0 and min(self.resize_prob) >= 0,
             f"resize_prob={self.resize_prob} must be >= 0, not all 0",
         )
@@ -77,7 +69,7 @@ class DegradationOrder:
 
 @dataclass(frozen=True)
 class DegradationConfig:
-    """Real-ESRGAN second-order degradation with CCSR's parameters (``params_ccsr.yml``, spec §3.4).
+    """Real-ESRGAN second-order degradation with CCSR's parameters (``params_ccsr.yml``, docs/algorithm.md §3.4).
 
     The defaults are the reference values; ``configs/data/realesrgan.yaml`` spells them out (a test keeps
     the two equal). The reference's gray_prob and color_jitter_prob are 0 and are not implemented.
@@ -106,16 +98,14 @@ class DegradationConfig:
     clean_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.scale >= 1, f"scale={self.scale} must be >= 1")
+        check(self.scale >= 1, f"scale={self.scale} must be >= 1")
         lo, hi = self.kernel_size_range
-        _check(
+        check(
             lo % 2 == 1 and hi % 2 == 1 and 3 <= lo <= hi,
             f"kernel_size_range=({lo}, {hi}) must be odd with 3 <= low <= high",
         )
-        _check(
-            0.0 <= self.final_sinc_prob <= 1.0, f"final_sinc_prob={self.final_sinc_prob} must be in [0, 1]"
-        )
-        _check(0.0 <= self.clean_prob <= 1.0, f"clean_prob={self.clean_prob} must be a probability in [0, 1]")
+        check(0.0 <= self.final_sinc_prob <= 1.0, f"final_sinc_prob={self.final_sinc_prob} must be in [0, 1]")
+        check(0.0 <= self.clean_prob <= 1.0, f"clean_prob={self.clean_prob} must be a probability in [0, 1]")
 
     def min_gt_size(self) -> int:
         """Smallest GT side the pipeline accepts: the blurs (on the GT, on the first-order output and the

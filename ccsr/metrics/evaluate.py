@@ -1,6 +1,6 @@
 """Scores for run folders: per-image metrics for every sample, G-STD, L-STD and folder-level FID.
 
-The protocol is CCSR's (spec §5): images read as 8-bit and divided by 255, a 4-pixel border cropped
+The protocol is CCSR's (docs/algorithm.md §5): images read as 8-bit and divided by 255, a 4-pixel border cropped
 on every side before the image metrics and L-STD, G-STD and L-STD with population std (ddof 0).
 FID is computed per sample folder against the ground-truth folder on whole images and averaged over
 samples (the paper gives FID no G-STD).

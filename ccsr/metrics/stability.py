@@ -1,7 +1,7 @@
 """G-STD and L-STD, CCSR's stability measures across noise samples, as pure tensor functions.
 
 Definitions (CCSR-v2 paper, Sec. IV; the authors' ``cal_iqa/iqa_G-STD.py`` and ``iqa_L-STD.py``,
-spec §5.2-5.3):
+docs/algorithm.md §5.2-5.3):
 
 * **G-STD** of a metric: for every image, the population standard deviation (ddof 0, as ``np.std``)
   of that image's score over the S samples; then the mean over the N images.

@@ -1,6 +1,6 @@
 """The CCSR ControlNet: a stock diffusers ``ControlNetModel`` whose hint encoder is one 3x3 conv.
 
-CCSR-v2 (spec §2.2) conditions the ControlNet on the VAE latent of the bicubic-upsampled LR image:
+CCSR-v2 (docs/algorithm.md §2.2) conditions the ControlNet on the VAE latent of the bicubic-upsampled LR image:
 ``h = conv_in(x_t) + condition_conv_in(z_lr)``. Stock diffusers computes
 ``sample + controlnet_cond_embedding(controlnet_cond)``, so swapping ``controlnet_cond_embedding``
 for :class:`LatentConditionEmbedding` and passing ``z_lr`` as ``controlnet_cond`` gives exactly the
@@ -23,6 +23,10 @@ from torch import nn
 VAE_CONDITION_KEY = "use_vae_encode_condition"
 DISK_PREFIX = "condition_conv_in."
 MEMORY_PREFIX = "controlnet_cond_embedding.conv."
+#: Key this package adds to ``config.json``: the prediction type the ControlNet was trained for (the
+#: scheduler's). The authors' release has none: it was trained on SD-2.1-base, epsilon prediction.
+PREDICTION_KEY = "prediction_type"
+_NOT_DIFFUSERS = (VAE_CONDITION_KEY, PREDICTION_KEY)  # config keys stock ControlNetModel does not take
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_WEIGHTS_NAME = "diffusion_pytorch_model.bin"
@@ -62,7 +66,7 @@ def build_latent_controlnet(unet=None, config: dict | None = None):
         with torch.device(unet.device):
             controlnet = _swap_embedding(controlnet)
         return controlnet if unet.dtype == torch.float32 else controlnet.to(unet.dtype)
-    cfg = {k: v for k, v in config.items() if k != VAE_CONDITION_KEY and not k.startswith("_")}
+    cfg = {k: v for k, v in config.items() if k not in _NOT_DIFFUSERS and not k.startswith("_")}
     return _swap_embedding(ControlNetModel.from_config(cfg))
 
 
@@ -86,8 +90,11 @@ def from_disk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     }
 
 
-def save_ccsr_controlnet(controlnet, folder: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` in the authors' format."""
+def save_ccsr_controlnet(controlnet, folder: str | os.PathLike, prediction_type: str | None = None) -> Path:
+    """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` in the authors' format.
+
+    ``prediction_type``: what the ControlNet was trained for, recorded as ``config.json``'s
+    :data:`PREDICTION_KEY` so that the loader can refuse a base model of another kind."""
     import diffusers
     from safetensors.torch import save_file
 
@@ -98,6 +105,8 @@ def save_ccsr_controlnet(controlnet, folder: str | os.PathLike) -> Path:
     config = {"_class_name": "ControlNetModel", "_diffusers_version": diffusers.__version__}
     config.update({k: v for k, v in dict(controlnet.config).items() if not k.startswith("_")})
     config[VAE_CONDITION_KEY] = True
+    if prediction_type is not None:
+        config[PREDICTION_KEY] = prediction_type
     state = {k: v.detach().contiguous().cpu() for k, v in to_disk_state_dict(controlnet.state_dict()).items()}
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
@@ -137,7 +146,7 @@ def load_ccsr_controlnet(
     state = from_disk_state_dict(state)
     with torch.device("meta"):
         model = _swap_embedding(
-            ControlNetModel.from_config({k: v for k, v in config.items() if k != VAE_CONDITION_KEY})
+            ControlNetModel.from_config({k: v for k, v in config.items() if k not in _NOT_DIFFUSERS})
         )
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -1,4 +1,4 @@
-"""Stage-2 projected discriminator (spec §4.3): frozen DINO features, trainable spectral-norm heads.
+"""Stage-2 projected discriminator (docs/algorithm.md §4.3): frozen DINO features, trainable spectral-norm heads.
 
 The reference (``ADD/models/discriminator.py`` of CCSR-v2.0, from StyleGAN-T / ADD by Sauer et al.)
 runs a frozen DINO ViT-S/16 on the augmented image, taps five token maps (the patch embeddings

@@ -1,7 +1,7 @@
 """The full-size CCSR-v2 architecture (SD-2.1-base + CCSR ControlNet) with random weights.
 
 For timing and memory measurements where the real weights are not at hand: same classes and
-configurations as the release (spec §2.1-2.2), so compute and memory match; outputs are noise.
+configurations as the release (docs/algorithm.md §2.1-2.2), so compute and memory match; outputs are noise.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Find and load CCSR-v2 components from the release layout, a single folder, or a Hub repo.
 
-Accepted layouts (spec §2.5):
+Accepted layouts (docs/algorithm.md §2.5):
 
 * **official release**::
 
@@ -12,8 +12,8 @@ Accepted layouts (spec §2.5):
   ``ROOT/{unet,text_encoder,tokenizer,scheduler,controlnet,vae}/``.
 
 A model folder may also hold ``inference_defaults.json`` with the settings its authors recommend
-(today only ``{"color_fix": ...}``; ccsr-tiny ships ``"wavelet"``). Without it the reference's defaults
-apply. :func:`recommended_color_fix` reads it.
+(``color_fix``, ``postprocess``, ``tile_window``; ccsr-tiny ships ``{"color_fix": "wavelet"}``). Without it,
+or for a key it does not name, the reference's behaviour applies. :func:`recommended_settings` reads it.
 
 Any component can be pointed elsewhere with ``base=``, ``controlnet=`` or ``vae=`` (the reference's
 three path flags). ``ROOT`` may be a Hugging Face repo id; it is fetched with ``huggingface_hub``.
@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from ccsr.diffusion import PREDICTION_TYPES
+from ccsr.models.shipped import resolve_model_root
+from ccsr.quiet import quiet_loading
 
 BASE_SUBFOLDER = "stable-diffusion-2-1-base"
 WHERE_TO_GET = (
@@ -83,8 +85,9 @@ def resolve_paths(
     controlnet: str | os.PathLike | None = None,
     vae: str | os.PathLike | None = None,
 ) -> ComponentPaths:
-    """Locate every component's folder, checking that its files exist."""
-    root = Path(model)
+    """Locate every component's folder, checking that its files exist. ``model`` may also name a model
+    shipped with ccsr (``"tiny"``, :mod:`ccsr.models.shipped`)."""
+    root = Path(resolve_model_root(model))
     if not root.is_dir():
         if str(model).count("/") == 1 and not str(model).startswith((".", "/", "~")):
             root = _fetch(str(model))
@@ -115,33 +118,59 @@ def resolve_paths(
 
 
 INFERENCE_DEFAULTS = "inference_defaults.json"
-DEFAULT_COLOR_FIX = "adain"  # the reference's
+#: What a model folder may recommend in ``inference_defaults.json``, and the authors' behaviour used
+#: without a recommendation (the official weights ship none).
+REFERENCE_DEFAULTS: dict[str, str] = {
+    "color_fix": "adain",
+    "postprocess": "reference",
+    "tile_window": "reference",
+}
+DEFAULT_COLOR_FIX = REFERENCE_DEFAULTS["color_fix"]
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from ccsr.color import COLOR_FIXES
+    from ccsr.postprocess import POSTPROCESS_MODES
+    from ccsr.tiling import TILE_WINDOWS
+
+    return {"color_fix": COLOR_FIXES, "postprocess": POSTPROCESS_MODES, "tile_window": TILE_WINDOWS}
+
+
+def recommended_settings(root: str | os.PathLike | None) -> dict[str, str]:
+    """Every key of :data:`REFERENCE_DEFAULTS`: the value a model folder recommends in
+    ``inference_defaults.json``, else the reference's."""
+    path = Path(root) / INFERENCE_DEFAULTS if root is not None else None
+    if path is None or not path.is_file():
+        return dict(REFERENCE_DEFAULTS)
+    try:
+        data = json.loads(path.read_text())
+        values = {k: data.get(k, v) for k, v in REFERENCE_DEFAULTS.items()}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a JSON object ({e}); fix or delete the file") from None
+    for key, choices in _choices().items():
+        if values[key] not in choices:
+            raise ValueError(f"{path}: {key}={values[key]!r} is not one of {choices}; fix or delete the file")
+    return values
 
 
 def recommended_color_fix(root: str | os.PathLike | None) -> str:
     """The colour fix a model folder recommends in ``inference_defaults.json``, else ``"adain"``."""
-    from ccsr.color import COLOR_FIXES
-
-    path = Path(root) / INFERENCE_DEFAULTS if root is not None else None
-    if path is None or not path.is_file():
-        return DEFAULT_COLOR_FIX
-    try:
-        value = json.loads(path.read_text()).get("color_fix", DEFAULT_COLOR_FIX)
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: not a JSON object ({e}); fix or delete the file") from None
-    if value not in COLOR_FIXES:
-        raise ValueError(f"{path}: color_fix={value!r} is not one of {COLOR_FIXES}; fix or delete the file")
-    return value
+    return recommended_settings(root)["color_fix"]
 
 
-def write_inference_defaults(root: str | os.PathLike, color_fix: str) -> Path:
-    """Record the colour fix a release recommends (read back by :func:`recommended_color_fix`)."""
-    from ccsr.color import COLOR_FIXES
-
-    if color_fix not in COLOR_FIXES:
-        raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+def write_inference_defaults(root: str | os.PathLike, color_fix: str | None = None, **settings: str) -> Path:
+    """Record the settings a release recommends (keys of :data:`REFERENCE_DEFAULTS`; read back by
+    :func:`recommended_settings`). Only the values given are written."""
+    if color_fix is not None:
+        settings = {"color_fix": color_fix, **settings}
+    choices = _choices()
+    for key, value in settings.items():
+        if key not in choices:
+            raise ValueError(f"{key!r} is not an inference default; choose among {tuple(choices)}")
+        if value not in choices[key]:
+            raise ValueError(f"{key}={value!r} is not one of {choices[key]}")
     path = Path(root) / INFERENCE_DEFAULTS
-    path.write_text(json.dumps({"color_fix": color_fix}, indent=2) + "\n")
+    path.write_text(json.dumps(settings, indent=2) + "\n")
     return path
 
 
@@ -151,6 +180,56 @@ def _component_dir(path: Path, name: str) -> Path:
         path
         if path.name == name or (path / "config.json").is_file() and not (path / name).is_dir()
         else path / name
+    )
+
+
+#: Native resolution (UNet ``sample_size`` x 8) from which an unmarked v-prediction base is taken for
+#: SD-2.x's 768-px model (``stable-diffusion-2-1``), never what CCSR-v2 was trained on.
+SD_768 = 768
+
+
+def check_base_matches(paths: ComponentPaths, kind: str | None = None) -> None:
+    """Refuse a base model whose prediction type (``kind``; default: its scheduler config's) differs from
+    what the ControlNet was trained for.
+
+    A ControlNet exported by this package records it (``config.json``'s ``prediction_type``); the authors'
+    release records nothing and was trained on SD-2.1-base (epsilon, 512 px). For an unmarked ControlNet,
+    a v-prediction base at 768 px or more (``stable-diffusion-2-1`` instead of ``-base``) is refused; smaller
+    v-prediction models (ccsr-tiny and others trained with this package before the key existed) load.
+    """
+    from ccsr.models.controlnet import CONFIG_NAME, PREDICTION_KEY
+
+    try:
+        if kind is None:
+            sched = json.loads((paths.scheduler / "scheduler_config.json").read_text())
+            kind = sched.get("prediction_type", "epsilon")
+        trained = json.loads((paths.controlnet / CONFIG_NAME).read_text()).get(PREDICTION_KEY)
+        sample_size = json.loads((paths.unet / "config.json").read_text()).get("sample_size") or 0
+    except (OSError, ValueError, AttributeError):
+        return  # load_ccsr_controlnet / from_pretrained report unreadable configs
+    pixels = max(sample_size) if isinstance(sample_size, list | tuple) else int(sample_size)
+    pixels *= 8
+    if trained is None and not (kind == "v_prediction" and pixels >= SD_768):
+        return
+    if trained == kind:
+        return
+    base = paths.unet.parent
+    trained_on = (
+        f"the {trained} prediction type"
+        if trained is not None
+        else "SD-2.1-base (epsilon prediction, 512 px), as the authors' CCSR-v2 release"
+    )
+    raise ValueError(
+        f"base model {base} predicts {kind} (native {pixels} px"
+        + (", e.g. stable-diffusion-2-1 rather than stable-diffusion-2-1-base)" if pixels >= SD_768 else ")")
+        + f", but the ControlNet {paths.controlnet} and VAE {paths.vae} were trained for {trained_on}. "
+        + (
+            "Use stable-diffusion-2-1-base as the base model: put it at MODEL/"
+            f"{BASE_SUBFOLDER} or pass base= (CLI --base). "
+            if trained in (None, "epsilon")
+            else "Use the base model this ControlNet was trained on (pass base=, CLI --base). "
+        )
+        + WHERE_TO_GET
     )
 
 
@@ -202,7 +281,8 @@ def load_components(
     def load(cls, folder: Path, st: str, pkl: str, what: str):
         use_st = _check_weights(folder, allow_pickle, st, pkl, what)
         try:
-            return cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_st)
+            with quiet_loading():
+                return cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=use_st)
         except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f"{what}: could not load {folder}: {e}. {WHERE_TO_GET}") from e
 
@@ -222,6 +302,8 @@ def load_components(
             f"{', '.join(PREDICTION_TYPES)}; fix the scheduler config of this model"
         )
     scheduler = DDPMScheduler.from_pretrained(paths.scheduler)
+    if load_controlnet:
+        check_base_matches(paths, kind)
     cn = (
         load_ccsr_controlnet(paths.controlnet, torch_dtype=dtype, allow_pickle=allow_pickle)
         if load_controlnet

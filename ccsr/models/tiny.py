@@ -157,9 +157,12 @@ def build_tiny_components(
     return unet, controlnet, vae, text_encoder, tokenizer, scheduler
 
 
-def save_release_layout(components, root: str | os.PathLike, layout: str = "official") -> Path:
+def save_release_layout(
+    components, root: str | os.PathLike, layout: str = "official", record_prediction: bool = False
+) -> Path:
     """Write components as the official release (``stable-diffusion-2-1-base/`` + ``controlnet/`` + ``vae/``)
-    or as one folder (``layout="single"``)."""
+    or as one folder (``layout="single"``). ``record_prediction``: write the scheduler's prediction type
+    into the ControlNet's ``config.json`` (as trained releases do; the authors' release has none)."""
     from ccsr.models.controlnet import save_ccsr_controlnet
 
     unet, controlnet, vae, text_encoder, tokenizer, scheduler = components
@@ -175,5 +178,6 @@ def save_release_layout(components, root: str | os.PathLike, layout: str = "offi
         # SD's own VAE sits beside the base model; CCSR's fine-tuned one at the root.
         vae.save_pretrained(base / "vae")
     vae.save_pretrained(root / "vae")
-    save_ccsr_controlnet(controlnet, root / "controlnet")
+    kind = scheduler.config.prediction_type if record_prediction else None
+    save_ccsr_controlnet(controlnet, root / "controlnet", kind)
     return root

@@ -1,4 +1,4 @@
-"""Hinge GAN losses of CCSR-v2 stage 2 (spec §4.2), as pure functions of discriminator logits.
+"""Hinge GAN losses of CCSR-v2 stage 2 (docs/algorithm.md §4.2), as pure functions of discriminator logits.
 
 The reference (``train_ccsr_stage2.py``) uses the hinge formulation of Lim & Ye (2017),
 "Geometric GAN", as in StyleGAN-T / ADD whose projected discriminator it borrows:

@@ -31,9 +31,7 @@ resumed run replays an uninterrupted one exactly.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -41,13 +39,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ccsr.config import LoopConfig, OptimizerConfig, config_to_dict, save_config
 from ccsr.training.checkpoint import Progress, resolve_resume, save_checkpoint
+from ccsr.training.session import EpochSampler, flat_hparams, make_accelerator, open_session
+
+__all__ = [
+    "EpochSampler",
+    "StepOutput",
+    "TrainResult",
+    "TrainStep",
+    "train",
+    "train_sr_stage",
+    "weight_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,73 +110,11 @@ def weight_dtype(accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``: the same in every process
-    (accelerate shards the batches) and the same after a resume.
-
-    ``epoch_in_index``: yield ``epoch * n + i`` instead of ``i``, for datasets that read their epoch
-    from the index (``EPOCH_IN_INDEX = True``): their DataLoader workers can then live across epochs
-    (a dataset copy inside a worker never sees ``set_epoch``).
-    """
-
-    def __init__(self, n: int, seed: int, epoch_in_index: bool = False) -> None:
-        self.n, self.seed, self.epoch, self.epoch_in_index = n, seed, 0, epoch_in_index
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        offset = self.epoch * self.n if self.epoch_in_index else 0
-        perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) + offset
-        return iter(perm.tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 @dataclass
 class TrainResult:
     global_step: int
     history: list[dict[str, float]]  # one entry per micro-batch of this run: step, losses, logs
     export_dir: Path | None
-
-
-def _make_optimizer(params: list[nn.Parameter], optim: OptimizerConfig) -> torch.optim.Optimizer:
-    kwargs = dict(
-        lr=optim.learning_rate,
-        betas=(optim.adam_beta1, optim.adam_beta2),
-        weight_decay=optim.adam_weight_decay,
-        eps=optim.adam_epsilon,
-    )
-    if optim.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-        except ImportError as e:
-            raise ImportError(
-                "optimizer.use_8bit_adam=true needs bitsandbytes: pip install bitsandbytes (or set it to false)"
-            ) from e
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Tensorboard hparams accept only scalars and strings."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
-def _save_images(images: dict[str, torch.Tensor], folder: Path) -> None:
-    from ccsr.image import tensor_to_pil
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, batch in images.items():
-        for i, im in enumerate(tensor_to_pil(batch)):
-            im.save(folder / f"{i:02d}_{name}.png")
 
 
 def train(
@@ -189,205 +135,73 @@ def train(
     per-epoch crops deterministically. ``config`` (a config dataclass) is written to
     ``output_dir/config.yaml`` and logged as hyper-parameters.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
+    from accelerate.utils import set_seed
 
     out = Path(cfg.output_dir)
     resume = resolve_resume(out, cfg.resume_from_checkpoint)  # before any work: fail fast
-    # accelerate keeps precision and accumulation in process-wide singletons that refuse new values;
-    # this run owns them (the distributed state stays), so one process may train twice (notebooks, tests).
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        # Accumulation runs across epoch ends, so step N always means N * accumulation micro-batches.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False
-        ),
-        log_with=None if cfg.log_with == "none" else cfg.log_with,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        cpu=cfg.cpu,
-    )
+    accelerator = make_accelerator(cfg, out)
     # Each process draws its own noise and degradations; data order comes from EpochSampler.
     set_seed(cfg.seed, device_specific=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if config is not None:
             save_config(config, out / "config.yaml")
-
     if cfg.gradient_checkpointing:
         step.enable_gradient_checkpointing()
-    modules = step.modules()
-    groups = step.optimizer_groups()
-    if not groups or any(len(p) == 0 for p in groups.values()):
-        raise ValueError(
-            f"optimizer_groups() must give a non-empty parameter list per key, got sizes "
-            f"{ {k: len(v) for k, v in groups.items()} }"
-        )
-    optimizers = {k: _make_optimizer(p, optim) for k, p in groups.items()}
-    # accelerate steps a prepared scheduler once per process per update, hence the factor.
-    n_proc = accelerator.num_processes
-    schedulers = {
-        k: get_scheduler(
-            optim.lr_scheduler,
-            opt,
-            num_warmup_steps=optim.lr_warmup_steps * n_proc,
-            num_training_steps=cfg.max_train_steps * n_proc,
-        )
-        for k, opt in optimizers.items()
-    }
-    # Workers that outlive an epoch keep their state (decoded-image cache) and skip a respawn per epoch,
-    # which costs seconds when an epoch is a handful of steps; only for datasets whose epoch is in the index.
-    epoch_in_index = bool(getattr(train_dataset, "EPOCH_IN_INDEX", False))
-    sampler = EpochSampler(len(train_dataset), cfg.seed, epoch_in_index)
-    loader = DataLoader(
-        train_dataset,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=num_workers,
-        persistent_workers=epoch_in_index and num_workers > 0,
-        # Own generator: worker seeding must not consume the global RNG that resume restores.
-        generator=torch.Generator().manual_seed(cfg.seed),
-        pin_memory=accelerator.device.type == "cuda",
-    )
-    names = list(modules)
-    prepared = accelerator.prepare(*modules.values(), *optimizers.values(), *schedulers.values(), loader)
-    prepared = list(prepared)
-    prep_modules = dict(zip(names, prepared[: len(names)]))
-    optimizers = dict(zip(optimizers, prepared[len(names) : len(names) + len(optimizers)]))
-    schedulers = dict(zip(schedulers, prepared[len(names) + len(optimizers) : -1]))
-    loader = prepared[-1]
-    step.bind(accelerator, prep_modules)
-    if len(loader) == 0:
-        raise ValueError(
-            f"{len(train_dataset)} training images give no full batch of {cfg.batch_size} per process "
-            f"on {n_proc} process(es); add images or lower train.batch_size"
-        )
-
     progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-    emas = {}
-    if cfg.use_ema:
-        from diffusers.training_utils import EMAModel
-
-        for k, params in groups.items():
-            emas[k] = EMAModel(params, decay=cfg.ema_decay)
-            emas[k].to(accelerator.device)
-            accelerator.register_for_checkpointing(emas[k])
-
+    session = open_session(step, train_dataset, cfg, optim, num_workers, accelerator, progress)
     if accelerator.is_main_process and cfg.log_with != "none":
-        accelerator.init_trackers(
-            project_name, config=_flat(config_to_dict(config)) if config is not None else None
-        )
-
+        hparams = flat_hparams(config_to_dict(config)) if config is not None else None
+        accelerator.init_trackers(project_name, config=hparams)
     if resume is not None:
         accelerator.load_state(str(resume))
         logger.info("resumed from %s at step %d", resume, progress.global_step)
-    global_step = progress.global_step
-    accum = cfg.gradient_accumulation_steps
-    epoch, skip = divmod(global_step * accum, len(loader))
+
     history: list[dict[str, float]] = []
-    window: list[dict[str, float]] = []  # micro-batches of the update in progress
-    metrics_file = out / "logs" / "metrics.jsonl"
-
-    def swap_ema(fn):
-        for k, ema in emas.items():
-            ema.store(groups[k])
-            ema.copy_to(groups[k])
-        try:
-            return fn()
-        finally:
-            for k, ema in emas.items():
-                ema.restore(groups[k])
-
-    def run_validation() -> None:
-        if val_dataset is None or not accelerator.is_main_process:
-            return
-        vloader = DataLoader(val_dataset, batch_size=min(val_max_images, len(val_dataset)), shuffle=False)
-        batch = next(iter(vloader))
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.no_grad():
-            images = swap_ema(lambda: step.validate(batch))
-        _save_images(images, out / "validation" / f"step-{global_step:07d}")
-        if cfg.log_with == "tensorboard":
-            writer = accelerator.get_tracker("tensorboard", unwrap=True)
-            for name, im in images.items():
-                writer.add_images(f"validation/{name}", im.detach().float().clamp(0, 1).cpu(), global_step)
-
+    global_step = progress.global_step
     done = global_step >= cfg.max_train_steps
-    tick = time.perf_counter()
-    while not done:
-        # The prepared loader re-applies its own epoch counter to the sampler on every __iter__.
-        loader.set_epoch(epoch)
-        if hasattr(train_dataset, "set_epoch"):
-            train_dataset.set_epoch(epoch)
-        if skip:
-            from accelerate import skip_first_batches
-
-            batches = skip_first_batches(loader, skip)
-        else:
-            batches = loader
-        for batch in batches:
-            with accelerator.accumulate(*prep_modules.values()):
-                with accelerator.autocast():
-                    result = step(batch, global_step)
-                if list(result.losses) != list(optimizers):
-                    raise ValueError(
-                        f"step returned losses {list(result.losses)} but optimizers are {list(optimizers)}"
-                    )
-                for k, loss in result.losses.items():
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(groups[k], cfg.max_grad_norm)
-                    optimizers[k].step()
-                    schedulers[k].step()
-                    optimizers[k].zero_grad(set_to_none=True)
-            record = {
-                "step": global_step + 1,
-                **{f"loss/{k}": float(v.detach()) for k, v in result.losses.items()},
-            }
-            record.update(result.logs)
-            history.append(record)
-            window.append(record)
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.global_step = global_step
-            for k, ema in emas.items():
-                ema.step(groups[k])
-            # Logged values are means over the update's micro-batches (this process's).
-            logs = {k: sum(r[k] for r in window) / len(window) for k in record if k != "step"}
-            logs["step"], window = global_step, []
-            logs.update({f"lr/{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
-            now = time.perf_counter()
-            logs["time/step_s"], tick = now - tick, now  # wall time per update, checkpoints included
-            accelerator.log({k: v for k, v in logs.items() if k != "step"}, step=global_step)
-            if accelerator.is_main_process:
-                metrics_file.parent.mkdir(parents=True, exist_ok=True)
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(logs) + "\n")
-                if not all(math.isfinite(v) for k, v in logs.items() if k.startswith("loss/")):
-                    logger.warning("step %d: non-finite loss %s", global_step, logs)
-            last = global_step >= cfg.max_train_steps
-            if global_step % cfg.validation_steps == 0 or last:
-                run_validation()
-            if global_step % cfg.checkpointing_steps == 0 or last:
-                save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
-            if last:
-                done = True
-                break
-        epoch, skip = epoch + 1, 0
+    accum = cfg.gradient_accumulation_steps
+    session.tick = time.perf_counter()
+    for batch in () if done else _remaining_batches(session.loader, train_dataset, global_step, accum):
+        history.append(session.micro_step(batch, global_step))
+        if not accelerator.sync_gradients:
+            continue
+        global_step = progress.global_step = global_step + 1
+        session.finish_update(global_step, out / "logs" / "metrics.jsonl")
+        last = global_step >= cfg.max_train_steps
+        if global_step % cfg.validation_steps == 0 or last:
+            session.validate(val_dataset, val_max_images, out / "validation", global_step, cfg.log_with)
+        if global_step % cfg.checkpointing_steps == 0 or last:
+            save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+        if last:
+            break
 
     accelerator.wait_for_everyone()
     export_dir = None
     if accelerator.is_main_process:
-        export_dir = swap_ema(lambda: step.export(out))
+        with session.ema_weights():
+            export_dir = step.export(out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(global_step, history, export_dir)
+
+
+def _remaining_batches(loader, dataset: Dataset, global_step: int, accumulation: int) -> Iterator[dict]:
+    """The batches after ``global_step`` updates, epoch after epoch without end: the first epoch skips
+    the batches a resumed run has already seen, and every epoch sets the sampler's and the dataset's
+    epoch (the prepared loader re-applies its own epoch counter to the sampler on every ``__iter__``)."""
+    epoch, skip = divmod(global_step * accumulation, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        if skip:
+            from accelerate import skip_first_batches
+
+            yield from skip_first_batches(loader, skip)
+        else:
+            yield from loader
+        epoch, skip = epoch + 1, 0
 
 
 def train_sr_stage(build_step: Callable[[], TrainStep], cfg: Any, project_name: str) -> TrainResult:

@@ -2,7 +2,7 @@
 
 The reference's stage-2 script left ``lpips.LPIPS(net="vgg")`` commented out although its README
 passes ``--lambda_lpips 1.0``, and the authors say the term is needed to stabilise the GAN
-(csslc/CCSR issues #27, #40; spec §4.2). Here it is on.
+(csslc/CCSR issues #27, #40; docs/algorithm.md §4.2). Here it is on.
 
 ``lpips.LPIPS`` normally downloads its ImageNet trunk (VGG-16 or AlexNet) through torchvision.
 To work offline and fail clearly, the trunk is created with random weights and then filled from

@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ccsr.config import ConfigError, LoopConfig, OptimizerConfig
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+from ccsr.config import LoopConfig, OptimizerConfig, check
 
 
 @dataclass(frozen=True)
@@ -28,13 +23,13 @@ class ImageDataConfig:
     cache_mb: int = 0  # decoded training images kept in memory per worker (small data sets); 0: none
 
     def __post_init__(self) -> None:
-        _check(len(self.train) > 0, "train: give at least one image folder or list file")
-        _check(
+        check(len(self.train) > 0, "train: give at least one image folder or list file")
+        check(
             self.resolution >= 8 and self.resolution % 8 == 0,
             f"resolution={self.resolution} must be a positive multiple of 8",
         )
-        _check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
-        _check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
+        check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+        check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
 
 
 @dataclass(frozen=True)
@@ -65,12 +60,12 @@ class AutoencoderObjective:
     init_logvar: float | None = None
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.init_logvar is None or -30 <= self.init_logvar <= 20,
             f"init_logvar={self.init_logvar} must be in [-30, 20] (diffusers clamps there)",
         )
-        _check(self.kl_weight >= 0, f"kl_weight={self.kl_weight} must be >= 0")
-        _check(self.calibration_crops >= 1, f"calibration_crops={self.calibration_crops} must be >= 1")
+        check(self.kl_weight >= 0, f"kl_weight={self.kl_weight} must be >= 0")
+        check(self.calibration_crops >= 1, f"calibration_crops={self.calibration_crops} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -88,8 +83,8 @@ class BaseObjective:
     validation_steps: int = 25  # DDPM steps of the unconditional samples drawn at validation
 
     def __post_init__(self) -> None:
-        _check(len(self.prompts) >= 1, "prompts: give at least one (the empty caption is '')")
-        _check(self.validation_steps >= 1, f"validation_steps={self.validation_steps} must be >= 1")
+        check(len(self.prompts) >= 1, "prompts: give at least one (the empty caption is '')")
+        check(self.validation_steps >= 1, f"validation_steps={self.validation_steps} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -114,7 +109,7 @@ class BaseConfig:
     objective: BaseObjective = field(default_factory=BaseObjective)
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.model.vae is not None,
             "model.vae: the base UNet trains on a trained autoencoder's latents; give its vae/ folder",
         )
@@ -166,9 +161,9 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         from ccsr.color import COLOR_FIXES
 
-        _check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
-        _check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")
-        _check(
+        check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
+        check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")
+        check(
             self.release_dtype in RELEASE_DTYPES,
             f"release_dtype={self.release_dtype!r} must be one of {RELEASE_DTYPES}",
         )

@@ -1,4 +1,4 @@
-"""Stage 1: train the CCSR ControlNet on the truncated-diffusion objective (spec §3.1-3.3).
+"""Stage 1: train the CCSR ControlNet on the truncated-diffusion objective (docs/algorithm.md §3.1-3.3).
 
 UNet, VAE and text encoder are frozen; the prompt is the empty caption, as in the reference. Per
 batch: the GT crop is degraded on the training device (Real-ESRGAN, :mod:`ccsr.data.degradation`),
@@ -37,7 +37,7 @@ def stage1_losses(
     timesteps: torch.Tensor | None = None,
     prediction_type: str = "epsilon",
 ) -> dict[str, torch.Tensor]:
-    """The three terms of CCSR stage 1 (spec §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
+    """The three terms of CCSR stage 1 (docs/algorithm.md §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
 
     Args:
         model_fn: ``(x_t, t) -> output``, the ControlNet+UNet prediction conditioned on ``c``, read as
@@ -170,8 +170,9 @@ class Stage1Step(TrainStep):
         from ccsr.training.checkpoint import replace_dir_atomically
 
         controlnet = self.unwrap("controlnet")
+        kind = self.scheduler.config.prediction_type
         return replace_dir_atomically(
-            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp)
+            Path(output_dir) / "controlnet", lambda tmp: save_ccsr_controlnet(controlnet, tmp, kind)
         )
 
     @torch.no_grad()
@@ -212,7 +213,9 @@ def build_step(cfg: Stage1Config) -> Stage1Step:
     m = cfg.model
     parts = load_components(m.pretrained, base=m.base, vae=m.vae, load_controlnet=False)
     if m.controlnet_init is None:
-        controlnet = build_latent_controlnet(unet=parts.unet)  # copies the UNet encoder (spec §3.1)
+        controlnet = build_latent_controlnet(
+            unet=parts.unet
+        )  # copies the UNet encoder (docs/algorithm.md §3.1)
     else:
         init = Path(m.controlnet_init)
         # Accept the folder itself or its parent, as the reference's subfolder="controlnet".

@@ -8,21 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ccsr.config import ConfigError, DataConfig, LoopConfig, ModelConfig, OptimizerConfig
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+from ccsr.config import DataConfig, LoopConfig, ModelConfig, OptimizerConfig, check
+from ccsr.schedule import DEFAULT_START_TIMESTEP, DEFAULT_T_MAX
 
 
 @dataclass(frozen=True)
 class Stage1Objective:
-    """Spec §3.2: eps-MSE on t < round(1000 t_max), x0-MSE at start_timestep, x0-MSE after re-noising to
+    """docs/algorithm.md §3.2: eps-MSE on t < round(1000 t_max), x0-MSE at start_timestep, x0-MSE after re-noising to
     round(1000 t_max). Weights 1:1:1 in the reference."""
 
-    t_max: float = 0.6667
-    start_timestep: int = 999
+    t_max: float = DEFAULT_T_MAX
+    start_timestep: int = DEFAULT_START_TIMESTEP
     start_from: Literal["gt", "lr"] = "gt"  # x_T is noised from the GT latent (reference) or the LR latent
     weight_eps: float = 1.0
     weight_x0: float = 1.0
@@ -30,14 +26,14 @@ class Stage1Objective:
     prompt: str = ""  # the reference trains with the empty caption
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.t_max < 1.0, f"t_max={self.t_max} must be in (0, 1)")
+        check(0.0 < self.t_max < 1.0, f"t_max={self.t_max} must be in (0, 1)")
         t_int = round(1000 * self.t_max)
-        _check(
+        check(
             t_int < self.start_timestep <= 999,
             f"start_timestep={self.start_timestep} must be in (round(1000 * t_max) = {t_int}, 999]",
         )
         weights = (self.weight_eps, self.weight_x0, self.weight_x0_renoised)
-        _check(
+        check(
             all(w >= 0 for w in weights) and sum(weights) > 0,
             f"loss weights {weights} must be >= 0, not all 0",
         )

@@ -1,4 +1,4 @@
-"""Stage 2 of CCSR-v2: GAN fine-tuning of the VAE decoder for deterministic detail (spec §4).
+"""Stage 2 of CCSR-v2: GAN fine-tuning of the VAE decoder for deterministic detail (docs/algorithm.md §4).
 
 The frozen stage-1 model (SD-2.1-base UNet + the CCSR ControlNet) turns each LR image into a
 clean latent exactly as inference does (default: one step at t=999 from the noised LR latent);
@@ -88,7 +88,7 @@ def sample_clean_latent(
 
     x = add_noise(z_lr, noise, start_timestep, alphas)
     if schedule.start_timestep is not None:
-        # With guidance the reference conditions the extraction step on the *negative* prompt (spec §8.6).
+        # With guidance the reference conditions the extraction step on the *negative* prompt (docs/algorithm.md §8.6).
         x0 = predict_x0(
             x,
             model_at(x, schedule.start_timestep, False, negative_text if cfg else text),

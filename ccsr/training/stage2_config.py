@@ -1,6 +1,6 @@
 """``configs/train/stage2.yaml`` as typed, strict dataclasses (loaded with :func:`ccsr.config.load_config`).
 
-Defaults are the reference's stage-2 recipe (spec §4): decoder-only training from the LR start,
+Defaults are the reference's stage-2 recipe (docs/algorithm.md §4): decoder-only training from the LR start,
 one extraction step, ``L = 1.0 L2 + 1.0 LPIPS + 0.05 hinge-G`` (the GAN term after 100 steps),
 discriminator loss weight 0.5, lr 5e-6 for both networks. Like :mod:`ccsr.config`, this module
 imports neither torch nor diffusers.
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ccsr.config import ConfigError, DataConfig, LoopConfig, OptimizerConfig
+from ccsr.config import DataConfig, LoopConfig, OptimizerConfig, check
+from ccsr.schedule import DEFAULT_START_TIMESTEP, DEFAULT_T_MAX
 
 #: The inference pipeline's negative prompt (ccsr.pipeline.DEFAULT_NEGATIVE_PROMPT), repeated here so
 #: that reading a config does not import diffusers; a test keeps the two equal.
@@ -20,11 +21,6 @@ NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-sm
 #: VAE submodules that may train. The encoder and quant_conv make the LR latent the frozen stage-1
 #: model was trained on, and they run under no_grad, so they cannot be listed.
 TRAINABLE_VAE_PARTS = ("decoder", "post_quant_conv")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -48,22 +44,22 @@ class SamplingConfig:
     """
 
     num_inference_steps: int = 1  # N of the DDPM grid; 1 = CCSR-S1
-    t_max: float = 0.6667
+    t_max: float = DEFAULT_T_MAX
     t_min: float = 0.0  # e.g. N=6, t_min=0.5 (with guidance 4.5) is CCSR-S2
-    start_timestep: int = 999
+    start_timestep: int = DEFAULT_START_TIMESTEP
     guidance_scale: float = 1.0  # > 1: classifier-free guidance in the loop, as inference
     prompt: str = ""  # the reference trains with the empty caption
     negative_prompt: str = NEGATIVE_PROMPT  # only read when guidance_scale > 1
     lr_latent: Literal["sample", "mode"] = "sample"  # VAE posterior sample (reference) or its mode
 
     def __post_init__(self) -> None:
-        _check(self.num_inference_steps >= 1, f"num_inference_steps={self.num_inference_steps} must be >= 1")
-        _check(
+        check(self.num_inference_steps >= 1, f"num_inference_steps={self.num_inference_steps} must be >= 1")
+        check(
             0.0 <= self.t_min < self.t_max <= 1.0,
             f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}",
         )
-        _check(0 < self.start_timestep <= 999, f"start_timestep={self.start_timestep} must be in 1..999")
-        _check(self.guidance_scale >= 0, f"guidance_scale={self.guidance_scale} must be >= 0")
+        check(0 < self.start_timestep <= 999, f"start_timestep={self.start_timestep} must be in 1..999")
+        check(self.guidance_scale >= 0, f"guidance_scale={self.guidance_scale} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class Stage2Objective:
 
     def __post_init__(self) -> None:
         bad = [p for p in self.trainable if p not in TRAINABLE_VAE_PARTS]
-        _check(
+        check(
             len(self.trainable) > 0 and not bad,
             f"trainable={list(self.trainable)}: choose from {list(TRAINABLE_VAE_PARTS)} (the encoder and "
             "quant_conv produce the LR latent the stage-1 model was trained on and stay frozen)",
@@ -96,15 +92,15 @@ class Stage2Objective:
             self.weight_gan,
             self.weight_discriminator,
         )
-        _check(all(w >= 0 for w in weights), f"loss weights {weights} must be >= 0")
-        _check(
+        check(all(w >= 0 for w in weights), f"loss weights {weights} must be >= 0")
+        check(
             self.weight_discriminator > 0, "weight_discriminator must be > 0: the discriminator needs a loss"
         )
-        _check(
+        check(
             self.weight_reconstruction + self.weight_lpips + self.weight_ssim + self.weight_gan > 0,
             "the generator needs a loss: weight_reconstruction, weight_lpips, weight_ssim and weight_gan are all 0",
         )
-        _check(self.begin_disc >= 0, f"begin_disc={self.begin_disc} must be >= 0")
+        check(self.begin_disc >= 0, f"begin_disc={self.begin_disc} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,7 @@ class LPIPSConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """Projected discriminator (spec §4.3); backbones are transformers folders or Hub ids."""
+    """Projected discriminator (docs/algorithm.md §4.3); backbones are transformers folders or Hub ids."""
 
     feature_network: str = "facebook/dino-vits16"  # DINO ViT-S/16, frozen
     condition_network: str = "facebook/dinov2-small"  # DINOv2 ViT-S/14, frozen; CLS of the LR image
@@ -131,12 +127,12 @@ class DiscriminatorConfig:
     p_crop: float = 0.5  # random crop to the feature network's size when the image is larger
 
     def __post_init__(self) -> None:
-        _check(self.cmap_dim >= 1, f"cmap_dim={self.cmap_dim} must be >= 1")
-        _check(
+        check(self.cmap_dim >= 1, f"cmap_dim={self.cmap_dim} must be >= 1")
+        check(
             self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"kernel_size={self.kernel_size} must be odd"
         )
-        _check(self.norm_groups >= 1, f"norm_groups={self.norm_groups} must be >= 1")
-        _check(0.0 <= self.p_crop <= 1.0, f"p_crop={self.p_crop} must be a probability")
+        check(self.norm_groups >= 1, f"norm_groups={self.norm_groups} must be >= 1")
+        check(0.0 <= self.p_crop <= 1.0, f"p_crop={self.p_crop} must be a probability")
 
 
 def _stage2_optimizer() -> OptimizerConfig:

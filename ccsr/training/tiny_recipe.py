@@ -20,22 +20,13 @@ from pathlib import Path
 from ccsr.config import load_config
 from ccsr.training.loop import TrainResult
 from ccsr.training.scratch_config import RECIPE_STAGES, RecipeConfig
+from ccsr.training.stages import load_stage
 
 Config = RecipeConfig  # what `ccsr train tiny-recipe` loads
 logger = logging.getLogger(__name__)
 
 #: The export of each stage, relative to its output folder: present = the stage is done.
 EXPORTS = {"autoencoder": "vae", "base": "model", "stage1": "controlnet", "stage2": "vae"}
-
-
-def _stage(name: str):
-    """``(config class, run function)`` of a stage, from ``ccsr train``'s registry."""
-    from ccsr.commands.train import STAGES, _resolve
-
-    if name not in STAGES:
-        raise KeyError(f"stage {name!r} is not registered in ccsr.commands.train.STAGES ({sorted(STAGES)})")
-    config_cls, run_spec = STAGES[name]
-    return _resolve(config_cls), _resolve(run_spec)
 
 
 def stage_overrides(
@@ -86,7 +77,7 @@ def export_release(root: Path, release: Path, dtype: str = "float32", color_fix:
     release.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
-        save_release_layout(comps, tmp, layout="single")
+        save_release_layout(comps, tmp, layout="single", record_prediction=True)
         if color_fix != "adain":
             write_inference_defaults(tmp, color_fix)
 
@@ -114,7 +105,7 @@ def run(cfg: RecipeConfig) -> TrainResult:
     # Resolve every config before training anything: a typo in stage 2 fails now, not an hour later.
     configs = {}
     for name in RECIPE_STAGES:
-        config_cls, _ = _stage(name)
+        config_cls, _ = load_stage(name)
         configs[name] = load_config(config_cls, files[name], overrides[name])
 
     total, timings = 0, {}
@@ -125,7 +116,7 @@ def run(cfg: RecipeConfig) -> TrainResult:
             continue
         if cfg.redo and (root / name).exists():
             shutil.rmtree(root / name)
-        _, run_stage = _stage(name)
+        _, run_stage = load_stage(name)
         start = time.perf_counter()
         result = run_stage(configs[name])
         timings[name] = round(time.perf_counter() - start, 1)
