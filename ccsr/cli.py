@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "ccsr.commands.evaluate",
     "stability": "ccsr.commands.stability",
     "train": "ccsr.commands.train",
+    "app": "ccsr.commands.app",
 }
 
 

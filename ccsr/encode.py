@@ -213,6 +213,20 @@ def png16(arr: np.ndarray) -> bytes:
     )
 
 
+def png_add_text(png: bytes, text: dict[str, str]) -> bytes:
+    """``png`` with one UTF-8 ``iTXt`` chunk per ``{keyword: text}`` after ``IHDR``; pixels untouched.
+
+    Readers: ``PIL.Image.open(f).text[keyword]``, ``exiftool``, most image viewers' "properties"."""
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError("png_add_text needs PNG file bytes")
+    extra = b"".join(
+        _chunk(b"iTXt", k.encode("latin-1") + b"\x00\x00\x00\x00\x00" + v.encode("utf-8"))
+        for k, v in text.items()
+    )
+    end_of_ihdr = 8 + 8 + 13 + 4
+    return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
+
+
 def png_insert_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     """Insert ``iCCP`` and ``eXIf`` chunks right after ``IHDR`` (both must precede ``IDAT``)."""
     extra = b""

@@ -21,18 +21,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ccsr.color import COLOR_FIXES
-from ccsr.denoiser import denoise
-from ccsr.diffusion import add_noise, predict_x0
+from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize
 from ccsr.models.loading import REFERENCE_DEFAULTS
 from ccsr.postprocess import check_postprocess, finish_images
+from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import check_tile_window, tile_windows, tiled_apply
+from ccsr.tiling import check_tile_window, tile_windows
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
-InitialPrompt = Literal["reference", "positive", "cfg"]
-INITIAL_PROMPTS = ("reference", "positive", "cfg")
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 
 
@@ -151,21 +149,15 @@ class CCSRPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ building blocks
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
-    @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Last hidden state of the text encoder, ``(1, 77, D)``; cached per prompt."""
         key = (prompt, str(self._execution_device), self.text_encoder.dtype)
         if key not in self._prompt_cache:
-            ids = self.tokenizer(
-                prompt,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self._execution_device)
-            self._prompt_cache[key] = self.text_encoder(ids)[0]
+            self._prompt_cache[key] = encode_prompts(
+                self.text_encoder, self.tokenizer, prompt, self._execution_device
+            )
         return self._prompt_cache[key]
 
     def resolve_schedule(
@@ -197,17 +189,8 @@ class CCSRPipeline(DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in ``[0, 1]``; an fp16 decode that overflows is redone in fp32."""
-        z = latents / self.vae.config.scaling_factor
-        img = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
-        if self.vae.dtype != torch.float32 and not torch.isfinite(img).all():
-            dtype = self.vae.dtype
-            self.vae.to(torch.float32)
-            try:
-                img = self.vae.decode(z.float(), return_dict=False)[0]
-            finally:
-                self.vae.to(dtype)
-        return (img.float() / 2 + 0.5).clamp(0, 1)
+        """Latents -> images in ``[0, 1]`` (:func:`ccsr.encoding.decode_latent`)."""
+        return (decode_latent(self.vae, latents) / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -333,35 +316,7 @@ class CCSRPipeline(DiffusionPipeline):
         if vae_tiling:
             self.vae.enable_tiling()
         try:
-            dist = self.vae.encode((canvas * 2 - 1).to(self.vae.dtype)).latent_dist
-            z = dist.sample(generator=generator) if lr_latent == "sample" else dist.mode()
-            z_lr = z.float() * self.vae.config.scaling_factor
-            alphas = self.scheduler.alphas_cumprod
-            kind = self.scheduler.config.prediction_type  # the denoiser's output: epsilon or v (or x0)
-
-            def model_at(x: torch.Tensor, t: int, guided: bool, single: torch.Tensor) -> torch.Tensor:
-                def fn(xt: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
-                    n = xt.shape[0]
-                    if not guided:
-                        return denoise(
-                            self.unet, self.controlnet, xt, t, single, zt, conditioning_scale
-                        ).float()
-                    emb = torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)])
-                    e = denoise(
-                        self.unet,
-                        self.controlnet,
-                        torch.cat([xt, xt]),
-                        t,
-                        emb,
-                        torch.cat([zt, zt]),
-                        conditioning_scale,
-                    ).float()
-                    e_neg, e_pos = e.chunk(2)
-                    return e_neg + g * (e_pos - e_neg)
-
-                if tiles is None:
-                    return fn(x, z_lr)
-                return tiled_apply(fn, x, z_lr, tiles[0], tiles[1], tile_batch, tile_window, progress)
+            z_lr = encode_image(self.vae, canvas, generator, lr_latent)
 
             n_windows = len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) if tiles else 0
             evals = (schedule.start_timestep is not None) + len(schedule.loop)
@@ -372,29 +327,21 @@ class CCSRPipeline(DiffusionPipeline):
                 if tile_callback is not None:
                     tile_callback(tiles_done[0], n_windows * evals)
 
-            # 5. Extraction step at start_timestep (CCSR's one jump from the LR latent).
-            x = add_noise(z_lr, noise, start_timestep, alphas) if start_point == "lr" else noise
-            if schedule.start_timestep is not None:
-                t0 = schedule.start_timestep
-                if initial_prompt == "cfg" and g > 1.0:
-                    out = model_at(x, t0, True, pos)
-                else:
-                    first = neg if (cfg and initial_prompt == "reference") else pos
-                    out = model_at(x, t0, False, first)
-                x0 = predict_x0(x, out, t0, alphas, kind)
-                x = (
-                    add_noise(x0, self._randn(latent_shape, generator), schedule.tau, alphas)
-                    if schedule.loop
-                    else x0
-                )
-
-            # 6. Truncated DDPM loop with classifier-free guidance.
-            for i, t in enumerate(schedule.loop):
-                out = model_at(x, t, cfg, pos)
-                if schedule.final_x0 and i == len(schedule.loop) - 1:
-                    x = predict_x0(x, out, t, alphas, kind)
-                else:
-                    x = self.scheduler.step(out, t, x, generator=generator, return_dict=False)[0].float()
+            # 5-6. Extraction step, re-noising, truncated DDPM loop (docs/algorithm.md §1.5).
+            x = sample_clean_latent(
+                self.unet,
+                self.controlnet,
+                self.scheduler,
+                schedule,
+                z_lr,
+                noise,
+                Prompts(pos, neg, g, initial_prompt),
+                start_timestep=start_timestep,
+                start_point=start_point,
+                conditioning_scale=conditioning_scale,
+                tiles=None if tiles is None else Tiles(*tiles, tile_batch, tile_window, progress),
+                generator=generator,
+            )
 
             if output_type == "latent":
                 result: object = x

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from ccsr import consistency_run
 from ccsr.discovery import InputError
 from ccsr.limits import mp, output_pixels
 from ccsr.manifest import (
@@ -54,9 +55,12 @@ from ccsr.upscale_plan import Scan, discover_inputs, input_dirs, plan_jobs, scan
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def run_upscale(cfg: UpscaleConfig) -> int:
+def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
     """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed or the output folder stopped
-    taking files, 2 refused, 130 interrupted)."""
+    taking files, 2 refused, 130 interrupted).
+
+    ``pipe``: a pipeline already loaded by :func:`load_pipeline` for the same model, device and
+    precision (``ccsr app`` keeps one across runs); None loads it when there is work to do."""
     wall0 = time.perf_counter()
     started = now_iso()
     main = launch_rank() == 0
@@ -70,7 +74,7 @@ def run_upscale(cfg: UpscaleConfig) -> int:
         scan = scan_inputs(cfg, found, runs)
         if main:
             remove_orphan_temps([Path(cfg.output)], exclude=input_dirs(cfg))
-        return _run(cfg, scan, wall0, started)
+        return _run(cfg, scan, wall0, started, pipe)
     except InputError as e:
         if main:
             print(f"ccsr upscale: error: {e}", file=sys.stderr)
@@ -80,7 +84,7 @@ def run_upscale(cfg: UpscaleConfig) -> int:
             lock.release()
 
 
-def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str) -> int:
+def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str, pipe=None) -> int:
     try:
         state, device = _init_state(cfg.device)
     except InputError as e:
@@ -130,7 +134,9 @@ def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str) -> int:
             for f in pre_failures:
                 log.failure(f)
         load_s = 0.0
-        if shard:
+        if shard and pipe is not None:
+            process(shard, pipe, cfg, log, tally)
+        elif shard:
             t = time.perf_counter()
             try:
                 pipe = _load_pipeline(cfg, device, dtype_name)
@@ -220,7 +226,7 @@ def _finish(
             )
         except OSError as e:
             unwritten.append(f"{run.dir / RUN_JSON} ({e.strerror or e})")
-    per_image = cfg.samples * len(cfg.steps)
+    per_image = consistency_run.outputs_per_image(cfg) * len(cfg.steps)
     line = summary_line(total, skipped_images, n_inputs, wall, load_s, per_image)
     log.event(
         "summary",
@@ -269,6 +275,12 @@ def _init_state(requested: str):
     if device.type == "cpu":
         device = torch.device("cpu")
     return state, device
+
+
+def load_pipeline(cfg: UpscaleConfig):
+    """The pipeline :func:`run_upscale` loads for ``cfg`` (model, device, precision, speed options)."""
+    _, device = _init_state(cfg.device)
+    return _load_pipeline(cfg, device, cfg.resolved_precision(device.type))
 
 
 def _load_pipeline(cfg: UpscaleConfig, device, dtype_name: str):

@@ -49,6 +49,10 @@ class UpscaleConfig:
     # randomness: sample k of every image uses seed + k
     seed: int = 0
     samples: int = 1
+    # consistency over the K samples (ccsr.consistency): a std heat map, one output picked or averaged
+    uncertainty_map: bool = False
+    select: str | None = None  # None (write every sample), "consensus" or "mean"
+    consensus_distance: str = "l1-y"
     # execution
     precision: str = "auto"
     device: str = "auto"
@@ -95,6 +99,20 @@ class UpscaleConfig:
             "--num-inference-steps must be >= 1",
         )
         need(self.samples >= 1, f"--samples {self.samples} must be >= 1")
+        from ccsr.consistency import DISTANCES, SELECTIONS
+
+        need(
+            self.samples >= 2 or not (self.uncertainty_map or self.select),
+            "--uncertainty-map and --select compare the samples of an image: give --samples K with K >= 2",
+        )
+        need(
+            self.select is None or self.select in SELECTIONS,
+            f"--select {self.select!r}: choose one of {SELECTIONS}",
+        )
+        need(
+            self.consensus_distance in DISTANCES,
+            f"--consensus-distance {self.consensus_distance!r}: choose one of {DISTANCES}",
+        )
         need(self.scale >= 1, f"--scale {self.scale} must be a positive integer")
         need(self.process_size >= 0, f"--process-size {self.process_size} must be >= 0")
         need(

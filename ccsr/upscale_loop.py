@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ccsr.consistency_run import derive_output
 from ccsr.discovery import InputFile
 from ccsr.encode import encode_image, resize_alpha, to_output_pixels
 from ccsr.frames import assemble, frame_rel, remove_frames
@@ -54,11 +55,18 @@ class RunDir:
 
 @dataclass(frozen=True)
 class Task:
-    """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``."""
+    """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``.
+
+    With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.consistency_run`) a sample may be computed
+    only to derive other outputs (``rel`` None: not written), and ``kind`` names a derived output
+    ("std", "consensus", "mean") made from the image's samples once they are all computed.
+    """
 
     run: RunDir
     sample: int
-    rel: str  # output path relative to the run folder (a frame file for a frame of a multi-frame input)
+    rel: str | None  # output path relative to the run folder (a frame file for a frame); None: not written
+    kind: str = "sample"
+    settings: str | None = None  # settings hash recorded for this output (default: the run's)
     final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.frames)
 
 
@@ -146,14 +154,23 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                 continue
             t0 = time.perf_counter()
             ok = 0
-            for task in job.tasks:
+            derived = [t for t in job.tasks if t.kind != "sample"]
+            kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
+            for task in [t for t in job.tasks if t.kind == "sample"] + derived:
                 try:
-                    on_tile = functools.partial(log.tile, job.file.rel)
-                    sr, info = _upscale(pipe, loaded, task, cfg, on_tile)
+                    if task.kind == "sample":
+                        on_tile = functools.partial(log.tile, job.file.rel)
+                        sr, info = _upscale(pipe, loaded, task, cfg, on_tile)
+                    else:
+                        sr, info = derive_output(task, kept, cfg)
                 except Exception as e:  # one image's model failure must not end a 10k-image run
                     _fail(tally, log, Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)), lock)
                     continue
                 ok += 1
+                if derived and task.kind == "sample":
+                    kept[(task.run.dir, task.sample)] = (sr, info)
+                if task.rel is None:
+                    continue
                 if writers is None:
                     _finish_write(job, task, loaded, sr, info, cfg, tally, log, lock)
                 else:
@@ -280,13 +297,15 @@ def _finish_write(
     img = loaded.image
     out = task.run.dir / task.rel
     try:
-        pixels = to_output_pixels(sr, img.gray, img.bit_depth)
-        if task.final is None:
+        if isinstance(sr, Image.Image):  # a rendered picture (the uncertainty heat map): plain PNG
+            data, notes = encode_image(np.asarray(sr.convert("RGB")), None, "png")
+        elif task.final is None:
+            pixels = to_output_pixels(sr, img.gray, img.bit_depth)
             data, notes = encode_image(
                 pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
             )
         else:  # a frame waits losslessly for the others (ccsr.frames)
-            data, notes = encode_image(pixels, loaded.alpha, "png")
+            data, notes = encode_image(to_output_pixels(sr, img.gray, img.bit_depth), loaded.alpha, "png")
         _write_recorded(out, data, task, _entry(job, task, loaded, cfg, data, notes, info))
         if task.final is not None:
             notes = _assemble_when_complete(job, task, loaded, cfg, lock)
@@ -320,7 +339,7 @@ def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes
         "sample": task.sample,
         "seed": cfg.seed + task.sample,
         "steps": task.run.steps,
-        "settings": task.run.hash,
+        "settings": task.settings or task.run.hash,
         "input_bytes": st_in.st_size,
         "input_mtime_ns": st_in.st_mtime_ns,
         "input_sha256": loaded.image.sha256,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccsr import consistency_run
 from ccsr.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
 from ccsr.frames import container_ext, frame_rel
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
@@ -58,9 +59,10 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
     """Headers (sizes, frames), output names, overlap with inputs, size limits: all before torch."""
     headers = {f.path: read_header(f.path) for f in found.files}
     ext = OUTPUT_FORMATS[cfg.output_format][0]
+    frames = "first" if consistency_run.active(cfg) else cfg.frames  # samples of one frame are compared
 
     def ext_for(f: InputFile) -> str:
-        return container_ext(headers[f.path], cfg.output_format, cfg.frames) or ext
+        return container_ext(headers[f.path], cfg.output_format, frames) or ext
 
     files, collisions = assign_outputs(found.files, ext_for)
     failures = [Failure(p, r) for p, r in found.failures + collisions]
@@ -71,7 +73,12 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
         )
     planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES, FAILURES_JSONL)]
     planned += [
-        r.dir / _rel_for(cfg, f, k, ext_for(f)) for r in runs for f in files for k in range(cfg.samples)
+        r.dir / rel
+        for r in runs
+        for f in files
+        for rel in consistency_run.output_rels(
+            cfg, f.output_rel(ext_for(f)), lambda k, f=f: _rel_for(cfg, f, k, ext_for(f))
+        )
     ]
     check_writable(planned, Path(cfg.output), found)
     scan = Scan([], failures, notes, runs)
@@ -79,7 +86,7 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
         header = headers[f.path]
         why = None
         if header is not None:
-            multi = container_ext(header, cfg.output_format, cfg.frames) is not None
+            multi = container_ext(header, cfg.output_format, frames) is not None
             scan.sizes[f.path] = header.sizes if multi else header.sizes[:1]
             scan.headers[f.path] = header if multi else None
             scan.ext[f.path] = ext_for(f)
@@ -125,6 +132,10 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
         tile_window = cfg.tile_window or recommended["tile_window"]
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
+    try:
+        consistency_run.check_available(cfg)
+    except ValueError as e:
+        raise InputError(f"--consensus-distance {cfg.consensus_distance}: {e}") from None
     identity = model_identity(paths.as_dict())
     dtype_name = cfg.resolved_precision(device.type)
     for run in runs:
@@ -160,6 +171,8 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
             "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
             "frames": cfg.frames,
         }
+        if consistency_run.select_settings(cfg):
+            run.settings["select"] = consistency_run.select_settings(cfg)
         run.hash = settings_hash(run.settings)
 
     manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
@@ -172,18 +185,33 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
             continue
         header = scan.headers.get(f.path)
         frames = [[] for _ in range(header.frames if header else 1)]  # tasks per frame
+        out_ext = scan.ext[f.path]
         for run in runs:
-            for k in range(cfg.samples):
-                rel = _rel_for(cfg, f, k, scan.ext[f.path])
-                want = Expected(run.hash, cfg.seed + k, st.st_size, st.st_mtime_ns)
+
+            def todo(rel: str, seed: int, settings: str, run=run, st=st) -> bool:
+                want = Expected(settings, seed, st.st_size, st.st_mtime_ns)
                 status, why = output_status(run.dir, rel, manifests[id(run)].get(rel), want)
                 if status == "done" and not cfg.overwrite:
                     run.skipped += 1
                 elif status == "conflict" and not cfg.overwrite:
                     conflicts.append((run, rel, why))
-                elif header is None:
+                else:
+                    return True
+                return False
+
+            if consistency_run.active(cfg):
+                frames[0] += consistency_run.plan_tasks(
+                    run, f.output_rel(out_ext), cfg, lambda k, f=f, e=out_ext: _rel_for(cfg, f, k, e), todo
+                )
+                continue
+            for k in range(cfg.samples):
+                rel = _rel_for(cfg, f, k, out_ext)
+                if not todo(rel, cfg.seed + k, run.hash):
+                    continue
+                if header is None:
                     frames[0].append(Task(run, k, rel))
                 else:
+                    want = Expected(run.hash, cfg.seed + k, st.st_size, st.st_mtime_ns)
                     _frame_tasks(run, k, rel, header, manifests[id(run)], want, cfg.overwrite, frames)
         jobs += [Job(f, tasks, i, header) for i, tasks in enumerate(frames)]
     if conflicts:

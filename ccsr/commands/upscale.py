@@ -16,6 +16,8 @@ examples:
   ccsr upscale photos/ out/ --model /weights/ccsr-v2                 # x4, 1 step (the paper's CCSR-S1)
   ccsr upscale photos/ out/ --model /weights/ccsr-v2 --steps 2       # CCSR-S2: 2 evaluations, guidance 4.5
   ccsr upscale photos/ out/ --model M --samples 10 --seed 0          # out/sample00 .. sample09 (stability)
+  ccsr upscale photos/ out/ --model M --samples 5 --uncertainty-map  # + out/<name>_std.png heat maps
+  ccsr upscale photos/ out/ --model M --samples 5 --select consensus # one output: the medoid of 5 seeds
   ccsr upscale photos/ out/ --model M --steps 1 2 4                  # out/steps1, out/steps2, out/steps4
   accelerate launch -m ccsr upscale photos/ out/ --model M           # one share of the images per GPU
 
@@ -79,6 +81,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="sample k of every image uses seed + k (default 0)")
     g.add_argument(
         "--samples", type=int, default=1, help="outputs per image; K > 1 writes sample00 .. sample{K-1}"
+    )
+    from ccsr.consistency import DISTANCES, SELECTIONS
+
+    g = parser.add_argument_group("consistency over the samples (need --samples K, K >= 2)")
+    g.add_argument(
+        "--uncertainty-map",
+        action="store_true",
+        help="also write <name>_std.png beside the outputs: the per-pixel std over the K samples as a heat map",
+    )
+    g.add_argument(
+        "--select",
+        choices=SELECTIONS,
+        help="write one output per image: the sample closest to the others (consensus) or the pixel mean",
+    )
+    g.add_argument(
+        "--consensus-distance",
+        choices=DISTANCES,
+        default="l1-y",
+        help="distance of --select consensus: L1 on the luma (default) or LPIPS (needs its weights)",
     )
     g = parser.add_argument_group("expert schedule knobs (the reference's; override --steps' preset)")
     g.add_argument("--num-inference-steps", type=int, help="length N of the DDPM timestep grid")
@@ -223,6 +244,9 @@ def config_from_args(args: argparse.Namespace):
         inputs=tuple(args.paths[:-1]),
         output=args.paths[-1],
         steps=tuple(args.steps),
+        uncertainty_map=args.uncertainty_map,
+        select=args.select,
+        consensus_distance=args.consensus_distance,
         report_metrics=None if args.report_metrics is None else tuple(args.report_metrics),
         **{n: getattr(args, n) for n in names},
     )

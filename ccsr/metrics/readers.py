@@ -142,6 +142,27 @@ def _check_manifest(root: Path, sample_dirs: list[Path]) -> None:
             )
 
 
+def _uncertainty_maps(root: Path) -> set[str]:
+    """Heat maps ``ccsr upscale --uncertainty-map`` wrote beside the outputs (their manifest lines say
+    ``"kind": "uncertainty_map"``): pictures about the outputs, not outputs."""
+    manifest = root / "manifest.jsonl"
+    if not manifest.is_file():
+        return set()
+    maps = set()
+    for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (
+            isinstance(rec, dict)
+            and rec.get("kind") == "uncertainty_map"
+            and isinstance(rec.get("output"), str)
+        ):
+            maps.add(rec["output"])
+    return maps
+
+
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An 8-bit image file as a uint8 ``(3, H, W)`` RGB tensor (grey and palette images become RGB; alpha is
     dropped). 16-bit and float files are refused rather than silently truncated."""
@@ -264,12 +285,15 @@ def open_run(
             f"{root} is a step sweep (steps*/ folders); evaluate it as a sweep or pick one steps*/ folder"
         )
     layout, dirs = _sample_dirs(root)
+    maps = _uncertainty_maps(root)
     per_sample = []
     for d in dirs:
         skip = [REPORT_ASSETS] if d == root else []
-        per_sample.append(list_images(d, skip_dirs=skip))
+        per_sample.append([n for n in list_images(d, skip_dirs=skip) if d != root or n not in maps])
     if layout != "single":
-        loose = list_images(root, skip_dirs=[REPORT_ASSETS, *(d.name for d in dirs)])
+        loose = [
+            n for n in list_images(root, skip_dirs=[REPORT_ASSETS, *(d.name for d in dirs)]) if n not in maps
+        ]
         if loose:
             raise RunFolderError(
                 f"{root} holds sample folders and also loose images outside them: {_show(loose)}"

@@ -21,25 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccsr.diffusion import add_noise, predict_x0, training_target
+from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
 from ccsr.training.checkpoint import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
 
 Config = BaseConfig  # what `ccsr train base` loads
 MODEL_DIR = "model"  # export sub-folder of train.output_dir
-
-
-def encode_prompts(text_encoder: nn.Module, tokenizer, prompts: tuple[str, ...], device) -> torch.Tensor:
-    """Last hidden states ``(P, L, D)`` of ``prompts``, padded to the tokenizer's length (as inference)."""
-    ids = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
-    with torch.no_grad():
-        return text_encoder(ids)[0]
 
 
 class BaseStep(TrainStep):
@@ -74,8 +62,7 @@ class BaseStep(TrainStep):
     @torch.no_grad()
     def encode(self, image01: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> scaled posterior sample ``(B, C, H/f, W/f)`` fp32."""
-        dist = self.vae.encode((image01 * 2 - 1).to(self.vae.dtype)).latent_dist
-        return dist.sample().float() * self.vae.config.scaling_factor
+        return encode_image(self.vae, image01)
 
     def __call__(self, batch: dict[str, torch.Tensor], global_step: int) -> StepOutput:
         z = self.encode(batch["gt"])
@@ -118,7 +105,7 @@ class BaseStep(TrainStep):
         unet.eval()
         try:
             gt = batch["gt"].float()
-            f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            f = vae_scale_factor(self.vae)
             shape = (gt.shape[0], unet.config.in_channels, gt.shape[2] // f, gt.shape[3] // f)
             g = torch.Generator(device="cpu").manual_seed(0)
             x = torch.randn(shape, generator=g).to(gt.device)
@@ -134,7 +121,7 @@ class BaseStep(TrainStep):
                     x = predict_x0(x, out, int(t), self.alphas_cumprod, sched.config.prediction_type)
                 else:
                     x = sched.step(out, t, x, generator=g, return_dict=False)[0].float()
-            img = self.vae.decode((x / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float()
+            img = decode_latent(self.vae, x)
         finally:
             unet.train()
         return {"gt": gt, "sample": (img / 2 + 0.5).clamp(0, 1)}

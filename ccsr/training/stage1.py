@@ -20,6 +20,7 @@ from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0, training_target
+from ccsr.encoding import encode_image, encode_prompts
 from ccsr.schedule import sample_train_timesteps_upper
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage1_config import Stage1Config, Stage1Objective
@@ -129,21 +130,13 @@ class Stage1Step(TrainStep):
         for frozen in (self.unet, self.vae, self.text_encoder):
             frozen.to(device, dtype)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
-        ids = self.tokenizer(
-            self.objective.prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        with torch.no_grad():
-            self.text_embedding = self.text_encoder(ids)[0]  # (1, L, D), shared by the batch
+        # (1, L, D), shared by the batch
+        self.text_embedding = encode_prompts(self.text_encoder, self.tokenizer, self.objective.prompt, device)
 
     @torch.no_grad()
     def encode(self, image01: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> scaled posterior sample ``(B, 4, H/f, W/f)`` fp32 (as the reference)."""
-        dist = self.vae.encode((image01 * 2 - 1).to(self.vae.dtype)).latent_dist
-        return dist.sample().float() * self.vae.config.scaling_factor
+        return encode_image(self.vae, image01)
 
     def __call__(self, batch: dict[str, torch.Tensor], global_step: int) -> StepOutput:
         gt = batch["gt"]

@@ -28,88 +28,17 @@ from torch import nn
 
 from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
-from ccsr.denoiser import denoise
-from ccsr.diffusion import add_noise, predict_x0
-from ccsr.schedule import CCSRSchedule, make_schedule
+from ccsr.encoding import GeneratorArg, encode_image, encode_prompts, vae_scale_factor
+from ccsr.sampling import Prompts, sample_clean_latent
+from ccsr.schedule import make_schedule
 from ccsr.training.gan_losses import hinge_discriminator_loss, hinge_generator_loss
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage2_config import Stage2Config
 
 Config = Stage2Config  # what `ccsr train stage2` loads
-GeneratorArg = torch.Generator | list[torch.Generator] | None
 
 
 # ----------------------------------------------------------------------------- generator path
-@torch.no_grad()
-def encode_lr(vae, lq: torch.Tensor, generator: GeneratorArg = None, mode: str = "sample") -> torch.Tensor:
-    """Scaled LR latent ``s * E(2 lq - 1)`` ``(B, 4, H/8, W/8)`` float32, for ``lq`` ``(B, 3, H, W)`` in ``[0, 1]``."""
-    dist = vae.encode((lq * 2 - 1).to(vae.dtype)).latent_dist
-    z = dist.sample(generator=generator) if mode == "sample" else dist.mode()
-    return z.float() * vae.config.scaling_factor
-
-
-@torch.no_grad()
-def sample_clean_latent(
-    unet,
-    controlnet,
-    scheduler,
-    schedule: CCSRSchedule,
-    z_lr: torch.Tensor,
-    noise: torch.Tensor,
-    text: torch.Tensor,
-    negative_text: torch.Tensor | None = None,
-    guidance_scale: float = 1.0,
-    start_timestep: int = 999,
-    generator: GeneratorArg = None,
-) -> torch.Tensor:
-    """The latent CCSR decodes, computed as :class:`ccsr.pipeline.CCSRPipeline` computes it (``start_point="lr"``,
-    ``initial_prompt="reference"``, untiled): extraction step at ``start_timestep``, re-noising to ``tau``,
-    truncated DDPM loop with optional classifier-free guidance, x0 read-out at ``t_min``.
-
-    Shapes: ``z_lr`` and ``noise`` ``(B, 4, h, w)``; ``text`` / ``negative_text`` ``(1, L, D)``.
-    ``scheduler`` must have had ``set_timesteps(schedule.num_inference_steps)``. Random draws (re-noising,
-    DDPM variance) come from ``generator`` in the pipeline's order. Returns float32 ``(B, 4, h, w)``.
-    """
-    alphas = scheduler.alphas_cumprod
-    kind = scheduler.config.prediction_type
-    cfg = guidance_scale > 1.0
-    if cfg and negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} > 1 needs negative_text")
-
-    def model_at(x: torch.Tensor, t: int, guided: bool, emb: torch.Tensor) -> torch.Tensor:
-        if not guided:
-            return denoise(unet, controlnet, x, t, emb, z_lr).float()
-        n = x.shape[0]
-        both = torch.cat([negative_text.expand(n, -1, -1), text.expand(n, -1, -1)])
-        e_neg, e_pos = (
-            denoise(unet, controlnet, torch.cat([x, x]), t, both, torch.cat([z_lr, z_lr])).float().chunk(2)
-        )
-        return e_neg + guidance_scale * (e_pos - e_neg)
-
-    x = add_noise(z_lr, noise, start_timestep, alphas)
-    if schedule.start_timestep is not None:
-        # With guidance the reference conditions the extraction step on the *negative* prompt (docs/algorithm.md §8.6).
-        x0 = predict_x0(
-            x,
-            model_at(x, schedule.start_timestep, False, negative_text if cfg else text),
-            schedule.start_timestep,
-            alphas,
-            kind,
-        )
-        if schedule.loop:
-            renoise = randn_tensor(tuple(x.shape), generator=generator, device=x.device, dtype=torch.float32)
-            x = add_noise(x0, renoise, schedule.tau, alphas)
-        else:
-            x = x0
-    for i, t in enumerate(schedule.loop):
-        out = model_at(x, t, cfg, text)
-        if schedule.final_x0 and i == len(schedule.loop) - 1:
-            x = predict_x0(x, out, t, alphas, kind)
-        else:
-            x = scheduler.step(out, t, x, generator=generator, return_dict=False)[0].float()
-    return x
-
-
 class VAEDecoder(nn.Module):
     """Scaled-back latent ``(B, 4, h, w)`` -> image ``(B, 3, 8h, 8w)`` in about ``[-1, 1]``.
 
@@ -171,8 +100,13 @@ class Stage2Step(TrainStep):
         self.schedule = make_schedule(
             [int(t) for t in self.scheduler.timesteps], s.t_max, s.t_min, s.start_timestep
         )
-        self.text = self._encode(c, s.prompt)
-        self.negative_text = self._encode(c, s.negative_prompt) if s.guidance_scale > 1.0 else None
+        # float32 on the CPU; bind() moves them to the training device
+        self.text = encode_prompts(c.text_encoder, c.tokenizer, s.prompt, "cpu").float()
+        self.negative_text = (
+            encode_prompts(c.text_encoder, c.tokenizer, s.negative_prompt, "cpu").float()
+            if s.guidance_scale > 1.0
+            else None
+        )
         del c  # the text encoder is not needed again
         from ccsr.data.degradation import RealESRGANDegradation
 
@@ -200,18 +134,6 @@ class Stage2Step(TrainStep):
                 augment=d.augment,
                 p_crop=d.p_crop,
             ).train()
-
-    @staticmethod
-    @torch.no_grad()
-    def _encode(c, prompt: str) -> torch.Tensor:
-        ids = c.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=c.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return c.text_encoder(ids)[0].float()
 
     # -- the loop's contract
     def modules(self) -> dict[str, nn.Module]:
@@ -248,10 +170,11 @@ class Stage2Step(TrainStep):
         """The frozen stage-1 model's latent for ``lq`` ``(B, 3, H, W)`` in ``[0, 1]``: noise is drawn first,
         then the posterior sample, as in the pipeline."""
         s = self.cfg.sampling
-        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        f = vae_scale_factor(self.vae)
         shape = (lq.shape[0], self.unet.config.in_channels, lq.shape[2] // f, lq.shape[3] // f)
         noise = randn_tensor(shape, generator=generator, device=lq.device, dtype=torch.float32)
-        z_lr = encode_lr(self.vae, lq, generator, s.lr_latent)
+        z_lr = encode_image(self.vae, lq, generator, s.lr_latent)
+        prompts = Prompts(self.text, self.negative_text, s.guidance_scale)
         return sample_clean_latent(
             self.unet,
             self.stage1_controlnet,
@@ -259,11 +182,9 @@ class Stage2Step(TrainStep):
             self.schedule,
             z_lr,
             noise,
-            self.text,
-            self.negative_text,
-            s.guidance_scale,
-            s.start_timestep,
-            generator,
+            prompts,
+            start_timestep=s.start_timestep,
+            generator=generator,
         )
 
     def lr_and_gt(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
