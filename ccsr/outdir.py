@@ -27,9 +27,15 @@ from ccsr.io import is_temp_file, temp_owner
 LOCK_NAME = ".ccsr-lock"
 
 
-def probe_writable(folder: Path) -> None:
-    """Create ``folder`` and write, sync and remove a probe file in it; :class:`InputError` if impossible."""
+def probe_writable(folder: Path) -> list[Path]:
+    """Create ``folder`` and write, sync and remove a probe file in it; :class:`InputError` if impossible.
+    Returns the folders it created (the topmost new one), for :func:`remove_created` on a refusal."""
     probe = folder / f".ccsr-probe-{os.getpid()}"
+    top = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        top = p
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as f:
@@ -37,6 +43,7 @@ def probe_writable(folder: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         probe.unlink()
+        return [] if top is None else [top]
     except OSError as e:
         try:
             probe.unlink(missing_ok=True)
@@ -46,6 +53,17 @@ def probe_writable(folder: Path) -> None:
             f"OUTPUT_DIR {folder} cannot be written ({e.strerror or e}): nothing was run. "
             "Choose a folder on a writable disk, or fix its permissions"
         ) from None
+
+
+def remove_created(folders: Iterable[Path]) -> None:
+    """Remove folders :func:`probe_writable` created, where they are still empty: a refused run leaves
+    no trace."""
+    for top in folders:
+        for here, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(here)
+            except OSError:
+                pass
 
 
 @dataclass

@@ -38,7 +38,7 @@ from ccsr.manifest import (
     ManifestWriter,
     compact_manifest,
 )
-from ccsr.outdir import acquire_lock, probe_writable, remove_orphan_temps
+from ccsr.outdir import acquire_lock, probe_writable, remove_created, remove_orphan_temps
 from ccsr.runlog import (
     RunLog,
     Tally,
@@ -65,16 +65,19 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
     started = now_iso()
     main = launch_rank() == 0
     lock = None
+    created: list[Path] = []
+    status = EXIT_USAGE
     try:  # every check that needs no model (nor torch) comes first
         found, runs = discover_inputs(cfg)
         for run in runs:
-            probe_writable(run.dir)
+            created += probe_writable(run.dir)
         if main:
             lock = acquire_lock(Path(cfg.output), sys.argv, started)
         scan = scan_inputs(cfg, found, runs)
         if main:
             remove_orphan_temps([Path(cfg.output)], exclude=input_dirs(cfg))
-        return _run(cfg, scan, wall0, started, pipe)
+        status = _run(cfg, scan, wall0, started, pipe)
+        return status
     except InputError as e:
         if main:
             print(f"ccsr upscale: error: {e}", file=sys.stderr)
@@ -82,6 +85,8 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
     finally:
         if lock is not None:
             lock.release()
+        if status == EXIT_USAGE and main:  # refused: an output folder this run created goes again
+            remove_created(created)
 
 
 def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str, pipe=None) -> int:
