@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ccsr.color import COLOR_FIXES
+from ccsr.options import COLOR_FIXES
 
 #: (width, height, scale, process_size): odd x2, odd x4, below the process size, a larger x4.
 SIZES = ((37, 23, 2, 32), (37, 23, 4, 64), (37, 23, 4, 512), (96, 64, 4, 256))

@@ -1,14 +1,17 @@
 """ccsr-tiny's quality on its two held-out sets: PSNR / SSIM / PIQE, G-STD and L-STD over seeds, a figure.
 
-    python benchmarks/tiny_quality.py                        # shipped model, 10 seeds, 1 / 2 / 4 steps
+    ccsr data tiny-set data/tiny-set                         # the held-out photographs (once)
+    python benchmarks/tiny_quality.py --data data/tiny-set/eval --seeds 5 --steps 1 2 4
     python benchmarks/tiny_quality.py --model runs/ccsr-tiny/ccsr-tiny --seeds 3 --out runs/tq
 
-Held-out sets (``ccsr.data.tiny_data``; rebuilt under ``--out`` unless ``--data`` names them): 7 GT crops
-of 256x256 from scikit-image's chelsea / coffee / camera (never seen in training), with x4 LR made
-by PIL bicubic (``lr_bicubic``) or by the Real-ESRGAN degradation under a fixed seed
-(``lr_realesrgan``). Every output is upscaled exactly x4 (``process_size=256``), pipeline defaults
-otherwise (``ccsr upscale --steps k``: the model's recommended colour fix unless ``--color-fix`` names
-one, the step presets of ccsr.schedule).
+Held-out sets: ``--data`` names a folder with ``gt/ lr_bicubic/ lr_realesrgan/`` (``ccsr data tiny-set``
+writes 25 GT crops of 256x256 from 6 photographs never seen in training to ``OUT_DIR/eval``); without it
+the 7 scikit-image crops of ``ccsr.data.tiny_data`` are rebuilt under ``--out``. LR is x4, made by PIL
+bicubic (``lr_bicubic``) or by the Real-ESRGAN degradation under a fixed seed (``lr_realesrgan``).
+ccsr-tiny runs at the CLI's defaults (``ccsr upscale --steps k``: ``--process-size`` 512, i.e. a 64-px
+input is enlarged to a 512 canvas, the model's recommended colour fix unless ``--color-fix`` names
+one, the step presets of ccsr.schedule); ``--process-size 256`` runs the model at exactly x4.
+Baselines: PIL bicubic and Lanczos x4.
 
 Metrics (pyiqa via ``ccsr.metrics``, the paper's protocol): PSNR and SSIM on the Y channel after a 4-px
 border crop; PIQE (no-reference, hand-crafted: no weights to download, lower is better) on the same
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ccsr.color import COLOR_FIXES
+from ccsr.options import COLOR_FIXES
 
 METRICS = ("psnr", "ssim", "piqe")
 CROP = 4
@@ -67,13 +70,52 @@ def score(metrics: dict, sr: torch.Tensor, gt: torch.Tensor) -> dict[str, np.nda
 
 
 def upscale(
-    pipe, lrs: list[Image.Image], steps: int, seed: int, size: int, device: str, color_fix: str | None = None
+    pipe,
+    lrs: list[Image.Image],
+    steps: int,
+    seed: int,
+    size: int,
+    device: str,
+    color_fix: str | None = None,
+    batch: int = 4,
 ) -> torch.Tensor:
-    gens = [torch.Generator(device).manual_seed(seed) for _ in lrs]
-    out = pipe(
-        lrs, steps=steps, upscale=4, process_size=size, generator=gens, output_type="pt", color_fix=color_fix
-    ).images
-    return to_uint8(out.float().cpu())
+    """Every LR image x4 at ``process_size=size``, ``batch`` images per call (one generator per image)."""
+    outs = []
+    for i in range(0, len(lrs), batch):
+        chunk = lrs[i : i + batch]
+        gens = [torch.Generator(device).manual_seed(seed) for _ in chunk]
+        out = pipe(
+            chunk,
+            steps=steps,
+            upscale=4,
+            process_size=size,
+            generator=gens,
+            output_type="pt",
+            color_fix=color_fix,
+        ).images
+        outs.append(to_uint8(out.float().cpu()))
+    return torch.cat(outs)
+
+
+def resized(lrs: list[Image.Image], size: int, method: int) -> torch.Tensor:
+    """PIL resize of every LR image to ``size`` x ``size``, ``(N, 3, size, size)`` in [0, 1]."""
+    arrs = [torch.from_numpy(np.asarray(im.resize((size, size), method)).copy()) for im in lrs]
+    return to_uint8(torch.stack(arrs).permute(0, 3, 1, 2).float() / 255)
+
+
+@torch.no_grad()
+def autoencoder_reconstruction(pipe, gt: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """GT through the model's VAE (posterior mode, the pipeline's border padding): the PSNR no SR output
+    of this model can exceed, since every output is a decoded latent."""
+    from ccsr.image import pad_canvas
+
+    pad, outs = pipe.default_border_pad, []
+    for i in range(0, len(gt), batch):
+        x = pad_canvas(gt[i : i + batch], pad) * 2 - 1
+        z = pipe.vae.encode(x.to(pipe.vae.dtype)).latent_dist.mode()
+        y = pipe._decode(z * pipe.vae.config.scaling_factor)
+        outs.append(to_uint8(y[..., pad : y.shape[-2] - pad, pad : y.shape[-1] - pad].float().cpu()))
+    return torch.cat(outs)
 
 
 def figure(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], path: Path) -> None:
@@ -104,12 +146,24 @@ def main() -> int:
     )
     parser.add_argument("--model", default=None, help="model folder (default: the shipped ccsr-tiny)")
     parser.add_argument(
+        "--vae",
+        default=None,
+        help="a vae/ folder to use instead of the model's (e.g. its autoencoder ceiling)",
+    )
+    parser.add_argument(
         "--data", default=None, help="folder with gt/ lr_bicubic/ lr_realesrgan/ (default: rebuilt)"
     )
     parser.add_argument("--out", default="runs/tiny_quality")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--process-size",
+        type=int,
+        default=512,
+        help="as ccsr upscale --process-size (default 512, the CLI's)",
+    )
+    parser.add_argument("--batch", type=int, default=4, help="images per pipeline call")
     parser.add_argument(
         "--color-fix",
         choices=COLOR_FIXES,
@@ -128,36 +182,36 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else write_eval_sets(out / "eval")
     model = args.model or str(TINY_MODEL_DIR)
-    pipe = CCSRPipeline.from_pretrained(model).to(args.device)
+    pipe = CCSRPipeline.from_pretrained(model, vae=args.vae).to(args.device)
     metrics = {m: load_metric(m, device=args.device) for m in METRICS}
     color_fix = args.color_fix or pipe.default_color_fix
     results: dict = {
         "model": model,
         "color_fix": color_fix,
         "seeds": args.seeds,
+        "process_size": args.process_size,
+        "data": str(data),
         "steps": args.steps,
         "sets": {},
     }
     fig_rows = []
     start = time.perf_counter()
+    names, _, gt_all = load_set(data, EVAL_SETS[0])
+    recon = autoencoder_reconstruction(pipe, gt_all, args.batch)
+    results["autoencoder"] = {m: float(v.mean()) for m, v in score(metrics, recon, gt_all).items()}
+    print("autoencoder (GT -> encoder -> decoder): " + json.dumps(results["autoencoder"]), flush=True)
     for set_name in EVAL_SETS:
         names, lrs, gt = load_set(data, set_name)
         size = gt.shape[-1]
         rows = {}
-        bic = to_uint8(
-            torch.stack(
-                [torch.from_numpy(np.asarray(im.resize((size, size), Image.BICUBIC)).copy()) for im in lrs]
-            )
-            .permute(0, 3, 1, 2)
-            .float()
-            / 255
-        )
-        s = score(metrics, bic, gt)
-        rows["bicubic"] = {m: float(v.mean()) for m, v in s.items()}
+        bic = resized(lrs, size, Image.BICUBIC)
+        for label, baseline in (("bicubic", bic), ("lanczos", resized(lrs, size, Image.LANCZOS))):
+            rows[label] = {m: float(v.mean()) for m, v in score(metrics, baseline, gt).items()}
         firsts = {}
         for k in args.steps:
             samples = [
-                upscale(pipe, lrs, k, seed, size, args.device, color_fix) for seed in range(args.seeds)
+                upscale(pipe, lrs, k, seed, args.process_size, args.device, color_fix, args.batch)
+                for seed in range(args.seeds)
             ]
             firsts[k] = samples[0]
             per = [score(metrics, x, gt) for x in samples]
@@ -170,31 +224,38 @@ def main() -> int:
             row["lstd"] = float(np.mean([float(l_std(stack[:, i])) for i in range(len(names))]))
             rows[f"{k}-step"] = row
             print(f"{set_name} {k}-step: " + ", ".join(f"{m} {v:.4f}" for m, v in row.items()), flush=True)
-        print(
-            f"{set_name} bicubic: " + ", ".join(f"{m} {v:.4f}" for m, v in rows["bicubic"].items()),
-            flush=True,
-        )
+        for label in ("bicubic", "lanczos"):
+            print(
+                f"{set_name} {label}: " + ", ".join(f"{m} {v:.4f}" for m, v in rows[label].items()),
+                flush=True,
+            )
         results["sets"][set_name] = rows
-        for i in (0, len(names) - 1):  # one camera crop, one coffee crop
+        for i in (0, len(names) - 1):  # the first and last crop in name order
             cols = [Image.open(data / set_name / f"{names[i]}.png")]
             lr_t = torch.from_numpy(np.asarray(cols[0].convert("RGB")).copy()).permute(2, 0, 1).float() / 255
-            two = firsts.get(2, firsts[args.steps[-1]])
-            fig_rows.append(
-                (f"{names[i]}\n{set_name}", [lr_t, bic[i], firsts[args.steps[0]][i], two[i], gt[i]])
-            )
+            shown = [firsts[k][i] for k in args.steps[:2]]
+            fig_rows.append((f"{names[i]}\n{set_name}", [lr_t, bic[i], *shown, gt[i]]))
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
-    figure(
-        fig_rows, ["LR (x4 nearest)", "bicubic", f"{args.steps[0]}-step", "2-step", "GT"], out / "figure.png"
-    )
+    steps_shown = [f"{k}-step" for k in args.steps[:2]]
+    figure(fig_rows, ["LR (x4 nearest)", "bicubic", *steps_shown, "GT"], out / "figure.png")
     print(markdown(results))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
     return 0
 
 
 def markdown(results: dict) -> str:
-    lines = [
+    lines = []
+    if "autoencoder" in results:
+        a = results["autoencoder"]
+        lines += [
+            f"Autoencoder reconstruction of the GT crops (the ceiling of any output): PSNR {a['psnr']:.2f} dB, "
+            f"SSIM {a['ssim']:.4f}, PIQE {a['piqe']:.2f}; process_size {results.get('process_size')}, "
+            f"colour fix {results.get('color_fix')}, {results.get('seeds')} seeds.",
+            "",
+        ]
+    lines += [
         "| set | method | PSNR (dB) | SSIM | PIQE (lower better) | G-STD PSNR | G-STD SSIM | G-STD PIQE | L-STD |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

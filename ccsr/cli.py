@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "stability": "ccsr.commands.stability",
     "train": "ccsr.commands.train",
     "app": "ccsr.commands.app",
+    "data": "ccsr.commands.data",
 }
 
 

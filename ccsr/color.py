@@ -10,8 +10,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ccsr.options import COLOR_FIXES, check_color_fix  # noqa: F401  (COLOR_FIXES: see apply_color_fix)
+
 ColorFix = Literal["adain", "wavelet", "none"]
-COLOR_FIXES: tuple[str, ...] = ("adain", "wavelet", "none")
 
 
 def _mean_std(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +59,10 @@ def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = 
 
 
 def apply_color_fix(target: torch.Tensor, source: torch.Tensor, method: str) -> torch.Tensor:
-    """Dispatch on ``method`` in :data:`COLOR_FIXES`."""
+    """Dispatch on ``method`` in :data:`COLOR_FIXES` (or the authors' alias ``nofix``)."""
+    method = check_color_fix(method)
     if method == "adain":
         return adain_color_fix(target, source)
     if method == "wavelet":
         return wavelet_color_fix(target, source)
-    if method in ("none", "nofix"):
-        return target.float().clamp(0, 1)
-    raise ValueError(f"color_fix={method!r} is not one of {COLOR_FIXES}")
+    return target.float().clamp(0, 1)

@@ -73,6 +73,18 @@ def make_canvas(image: Image.Image, plan: ResizePlan) -> Image.Image:
     return img.resize(plan.canvas_size, Image.BICUBIC)
 
 
+def pad_canvas(canvas: torch.Tensor, pad: int) -> torch.Tensor:
+    """Mirror ``pad`` pixels onto every side of ``(B, C, H, W)`` images (reflect; replicate when a side
+    is too short to mirror), so that the networks' zero padding falls outside the picture; crop with
+    ``x[..., pad:-pad, pad:-pad]`` afterwards. ``pad`` must be a multiple of :data:`CANVAS_MULTIPLE`."""
+    if pad < 0 or pad % CANVAS_MULTIPLE:
+        raise ValueError(f"border_pad={pad} must be a non-negative multiple of {CANVAS_MULTIPLE}")
+    if pad == 0:
+        return canvas
+    mode = "reflect" if min(canvas.shape[-2:]) > pad else "replicate"
+    return torch.nn.functional.pad(canvas, (pad,) * 4, mode=mode)
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 ``(1, 3, H, W)`` in ``[0, 1]``."""
     import torch

@@ -20,14 +20,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ccsr.color import COLOR_FIXES
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
-from ccsr.image import make_canvas, pil_to_tensor, plan_resize
+from ccsr.image import make_canvas, pad_canvas, pil_to_tensor, plan_resize
 from ccsr.models.loading import REFERENCE_DEFAULTS
-from ccsr.postprocess import check_postprocess, finish_images
+from ccsr.options import check_color_fix, check_postprocess, check_tile_window
+from ccsr.postprocess import finish_images
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import check_tile_window, tile_windows
+from ccsr.tiling import tile_windows
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -70,6 +70,11 @@ class CCSRPipeline(DiffusionPipeline):
     def default_color_fix(self) -> str:
         """What ``color_fix=None`` means (``inference_defaults["color_fix"]``)."""
         return self.inference_defaults["color_fix"]
+
+    @property
+    def default_border_pad(self) -> int:
+        """What ``border_pad=None`` means (``inference_defaults["border_pad"]``)."""
+        return int(self.inference_defaults["border_pad"])
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -209,6 +214,7 @@ class CCSRPipeline(DiffusionPipeline):
         process_size: int = 512,
         color_fix: str | None = None,
         postprocess: str | None = None,
+        border_pad: int | None = None,
         start_timestep: int = DEFAULT_START_TIMESTEP,
         start_point: Literal["lr", "noise"] = "lr",
         initial_prompt: InitialPrompt = "reference",
@@ -237,6 +243,10 @@ class CCSRPipeline(DiffusionPipeline):
             postprocess: ``"reference"``: the authors' 8-bit order (round, colour fix, truncate, resize;
                 their exact files); ``"float"``: colour fix and resize in float, one rounding
                 (:mod:`ccsr.postprocess`). ``None``: the model's recommendation, else ``"reference"``.
+            border_pad: pixels mirrored onto each side of the canvas before the VAE encoder and cropped
+                after the decoder, so the autoencoder's and UNet's zero padding darkens no image border
+                (a multiple of 8; 0 = the reference). ``None``: the model's recommendation
+                (:attr:`default_border_pad`, else 0). ``latents`` then cover the padded canvas.
             start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
             initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
                 ``"reference"`` uses the negative prompt (as the published code and results),
@@ -267,8 +277,7 @@ class CCSRPipeline(DiffusionPipeline):
             color_fix = self.default_color_fix
         postprocess = check_postprocess(postprocess or self.inference_defaults["postprocess"])
         tile_window = check_tile_window(tile_window or self.inference_defaults["tile_window"])
-        if color_fix not in COLOR_FIXES and color_fix != "nofix":
-            raise ValueError(f"color_fix={color_fix!r} is not one of {COLOR_FIXES}")
+        color_fix = check_color_fix(color_fix)
         if start_point not in ("lr", "noise"):
             raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")
         if initial_prompt not in INITIAL_PROMPTS:
@@ -289,8 +298,10 @@ class CCSRPipeline(DiffusionPipeline):
         # 2. Pre-process: resize plan, canvas in [0, 1].
         plan = plan_resize(images[0].size, upscale, process_size)
         canvas = torch.cat([pil_to_tensor(make_canvas(im.convert("RGB"), plan)) for im in images]).to(device)
+        pad = self.default_border_pad if border_pad is None else border_pad
+        padded = pad_canvas(canvas, pad)
         f = self.vae_scale_factor
-        latent_shape = (b, self.unet.config.in_channels, canvas.shape[2] // f, canvas.shape[3] // f)
+        latent_shape = (b, self.unet.config.in_channels, padded.shape[2] // f, padded.shape[3] // f)
         if latents is not None and tuple(latents.shape) != latent_shape:
             raise ValueError(
                 f"latents has shape {tuple(latents.shape)}, expected {latent_shape} for this image"
@@ -316,7 +327,7 @@ class CCSRPipeline(DiffusionPipeline):
         if vae_tiling:
             self.vae.enable_tiling()
         try:
-            z_lr = encode_image(self.vae, canvas, generator, lr_latent)
+            z_lr = encode_image(self.vae, padded, generator, lr_latent)
 
             n_windows = len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) if tiles else 0
             evals = (schedule.start_timestep is not None) + len(schedule.loop)
@@ -347,9 +358,10 @@ class CCSRPipeline(DiffusionPipeline):
                 result: object = x
             else:
                 # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
-                result = finish_images(
-                    self._decode(x), canvas, color_fix, plan.output_size, postprocess, output_type
-                )
+                decoded = self._decode(x)
+                if pad:
+                    decoded = decoded[..., pad:-pad, pad:-pad]
+                result = finish_images(decoded, canvas, color_fix, plan.output_size, postprocess, output_type)
         finally:
             if vae_tiling:
                 self.vae.disable_tiling()

@@ -25,14 +25,7 @@ from PIL import Image
 
 from ccsr.color import apply_color_fix
 from ccsr.image import resize_float, tensor_to_pil, tensor_to_uint8
-
-POSTPROCESS_MODES: tuple[str, ...] = ("reference", "float")
-
-
-def check_postprocess(mode: str) -> str:
-    if mode not in POSTPROCESS_MODES:
-        raise ValueError(f"postprocess={mode!r} must be one of {POSTPROCESS_MODES}")
-    return mode
+from ccsr.options import check_color_fix, check_postprocess
 
 
 def reference_uint8(
@@ -41,7 +34,7 @@ def reference_uint8(
     """The authors' 8-bit path. ``decoded``: the decoder output mapped to ``[0, 1]``, ``(B, 3, H, W)``;
     ``canvas``: the bicubic canvas in ``[0, 1]``; returns uint8 ``(B, H', W', 3)`` at ``output_size``."""
     rounded = tensor_to_uint8(decoded)  # diffusers' numpy_to_pil: (x * 255).round()
-    if color_fix not in ("none", "nofix"):
+    if check_color_fix(color_fix) != "none":
         as_float = torch.from_numpy(rounded).permute(0, 3, 1, 2).float().div(255)  # ToTensor
         fixed = apply_color_fix(as_float, canvas.detach().to("cpu", torch.float32), color_fix)
         rounded = fixed.mul(255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # ToPILImage truncates

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ccsr.options import check_tile_window
+
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Window starts covering ``[0, length)`` with windows of ``min(tile, length)``."""
@@ -28,15 +30,6 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     if starts[-1] != length - tile:
         starts.append(length - tile)
     return starts
-
-
-TILE_WINDOWS: tuple[str, ...] = ("reference", "symmetric")
-
-
-def check_tile_window(window: str) -> str:
-    if window not in TILE_WINDOWS:
-        raise ValueError(f"tile_window={window!r} must be one of {TILE_WINDOWS}")
-    return window
 
 
 def gaussian_weights(height: int, width: int, var: float = 0.01, window: str = "symmetric") -> torch.Tensor:

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
 from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
+from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
-POSTPROCESS_MODES = ("reference", "float")  # ccsr.postprocess's (not imported: it needs torch)
-TILE_WINDOWS = ("reference", "symmetric")  # ccsr.tiling's
-COLOR_FIXES = ("adain", "wavelet", "none")
 FRAMES = ("all", "first")
 
 

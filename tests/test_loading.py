@@ -20,6 +20,7 @@ from ccsr.models.controlnet import (
 from ccsr.models.loading import (
     INFERENCE_DEFAULTS,
     load_components,
+    recommended_border_pad,
     recommended_color_fix,
     resolve_paths,
     write_inference_defaults,
@@ -187,6 +188,29 @@ def test_a_model_folder_recommends_its_colour_fix(tiny_single_dir, tmp_path, pho
         recommended_color_fix(root)
     with pytest.raises(ValueError, match="color_fix='sepia'"):
         write_inference_defaults(root, "sepia")
+
+
+def test_a_model_folder_recommends_its_border_pad(tiny_single_dir, tmp_path, photo):
+    root = _copy(tiny_single_dir, tmp_path)
+    assert recommended_border_pad(root) == CCSRPipeline.from_pretrained(root).default_border_pad == 0
+    write_inference_defaults(root, "adain", border_pad=16)
+    assert json.loads((root / INFERENCE_DEFAULTS).read_text()) == {"color_fix": "adain", "border_pad": 16}
+    pipe = CCSRPipeline.from_pretrained(root)
+    assert pipe.default_border_pad == 16
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    out = {
+        p: pipe(photo, process_size=32, border_pad=p, generator=gen(), output_type="pt").images
+        for p in (None, 16, 0)
+    }
+    assert out[None].shape == out[0].shape  # the padding is cropped off again
+    assert torch.equal(out[None], out[16]) and not torch.equal(out[None], out[0])
+    pipe.save_pretrained(tmp_path / "saved")
+    assert CCSRPipeline.from_pretrained(tmp_path / "saved").default_border_pad == 16
+    with pytest.raises(ValueError, match="multiple of 8"):
+        pipe(photo, process_size=32, border_pad=4)
+    (root / INFERENCE_DEFAULTS).write_text('{"border_pad": 5}')
+    with pytest.raises(ValueError, match=r"inference_defaults.json: border_pad=5 must be a multiple of 8"):
+        recommended_border_pad(root)
 
 
 def test_from_unet_copies_encoder(tiny_components):

@@ -183,6 +183,7 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
 
     pipe = CCSRPipeline.from_pretrained(release)  # upcast to float32 on load, every component
     assert pipe.default_color_fix == "wavelet"  # the recipe's recommendation travels with the release
+    assert pipe.default_border_pad == 16  # configs/tiny/recipe.yaml's border_pad
     for net in (pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder):
         assert {p.dtype for p in net.parameters()} == {torch.float32}
     lr = Image.fromarray(tiny_data.heldout_crops(256)["chelsea_00"][::8, ::8].copy())
@@ -197,15 +198,27 @@ def test_recipe_runs_every_stage_then_continues_without_retraining(tmp_path):
     assert json.loads((out / "recipe_timings.json").read_text()) == {}
 
 
+def test_recipe_refuses_a_data_dir_that_is_not_a_tiny_set(tmp_path):
+    (tmp_path / "set" / "train").mkdir(parents=True)
+    cmd = [sys.executable, "-m", "ccsr", "train", "tiny-recipe", "--set", f"output_dir={tmp_path / 'run'}"]
+    cmd += ["--set", f"data_dir={tmp_path / 'set'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "train.txt is missing; build it with ccsr data tiny-set" in run.stderr
+    assert not (tmp_path / "run" / "autoencoder").exists()
+
+
 # ---------------------------------------------------------------------------------------------- shipped model
+def _luma(x: np.ndarray) -> np.ndarray:
+    """BT.601 Y of uint8 RGB, in 8-bit levels (16-235)."""
+    x = x.astype(np.float64) / 255.0
+    return 16 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]
+
+
 def _y_psnr(a: np.ndarray, b: np.ndarray, crop: int = 4) -> float:
     """PSNR of the BT.601 Y channel after a ``crop``-px border crop (the paper's protocol), uint8 inputs."""
-
-    def y(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) / 255.0
-        return (16 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
-
-    d = (y(a) - y(b))[crop:-crop, crop:-crop]
+    d = ((_luma(a) - _luma(b)) / 255.0)[crop:-crop, crop:-crop]
     return float(10 * np.log10(1.0 / np.mean(d**2)))
 
 
@@ -267,12 +280,42 @@ def test_shipped_model_is_trained_not_random(shipped_pipe):
 
 @pytest.mark.parametrize("kind", ["bicubic", "realesrgan"])
 def test_shipped_model_beats_bicubic_on_a_heldout_image(shipped_pipe, kind):
-    """camera_00 at 1 step, seed 0, the release's recommended colour fix (wavelet). Measured when shipped:
-    +0.63 dB (bicubic LR) and +0.22 dB (the Real-ESRGAN-degraded example) over bicubic upscaling."""
+    """camera_00 at 1 step, seed 0, the release's recommended colour fix (wavelet) and border_pad (16).
+    Measured: +0.70 dB (bicubic LR) and +0.24 dB (the Real-ESRGAN-degraded example) over bicubic
+    upscaling (+0.63 / +0.22 dB without the border padding)."""
     assert shipped_pipe.default_color_fix == "wavelet"  # from ccsr-tiny/inference_defaults.json
     lr, gt = _heldout(kind)
     bicubic = np.asarray(lr.resize(gt.shape[1::-1], Image.BICUBIC))
     assert _y_psnr(_sr(shipped_pipe, lr), gt) >= _y_psnr(bicubic, gt) + 0.15
+
+
+def _border_bias(img: np.ndarray) -> dict[str, float]:
+    """Mean luma of each outermost row / column minus the mean of the centre, in 8-bit levels."""
+    y = _luma(img)
+    c = y[y.shape[0] // 4 : -y.shape[0] // 4, y.shape[1] // 4 : -y.shape[1] // 4].mean()
+    return {
+        "top": y[0].mean() - c,
+        "bottom": y[-1].mean() - c,
+        "left": y[:, 0].mean() - c,
+        "right": y[:, -1].mean() - c,
+    }
+
+
+def test_shipped_model_does_not_darken_the_border_of_a_flat_image(shipped_pipe):
+    """The tiny autoencoder's zero padding darkened the top row of a flat 64-px input by 8 levels at the
+    CLI's defaults (25 through the autoencoder alone); the release's border_pad mirrors 16 px around the
+    canvas before the encoder and crops them after the decoder."""
+    assert shipped_pipe.default_border_pad == 16  # from ccsr-tiny/inference_defaults.json
+    flat = Image.new("RGB", (64, 64), (150, 120, 90))
+
+    def run(**kw) -> np.ndarray:
+        out = shipped_pipe(flat, steps=1, generator=torch.Generator().manual_seed(0), **kw)
+        return np.asarray(out.images[0])
+
+    fixed, reference = run(), run(border_pad=0)
+    assert fixed.shape == reference.shape == (256, 256, 3)
+    assert all(abs(v) < 1.5 for v in _border_bias(fixed).values()), _border_bias(fixed)
+    assert _border_bias(reference)["top"] < -5  # the defect the padding removes
 
 
 def test_cli_upscales_the_shipped_examples_offline(tmp_path):

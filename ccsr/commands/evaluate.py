@@ -7,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from ccsr.metrics.paper import PAPER_METRICS
+
 HELP = "score a run folder (or a steps*/ sweep) with pyiqa metrics and write report.html/.md/.json and per_image.csv"
 
-#: ``--metrics paper``: every metric of the CCSR-v2 table (kept in sync with ccsr.metrics.iqa.PAPER_METRICS).
-PAPER_SET = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "clipiqa", "musiq", "maniqa")
+#: ``--metrics paper``: every metric of the CCSR-v2 table.
+PAPER_SET = tuple(PAPER_METRICS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

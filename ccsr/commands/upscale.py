@@ -32,14 +32,8 @@ OUTPUT_DIR), 130 interrupted.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
     from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
-    from ccsr.upscale_config import (
-        COLOR_FIXES,
-        FRAMES,
-        POSTPROCESS_MODES,
-        PRECISIONS,
-        TILE_WINDOWS,
-        TILING_MODES,
-    )
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+    from ccsr.upscale_config import FRAMES, PRECISIONS, TILING_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG

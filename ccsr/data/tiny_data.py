@@ -102,8 +102,14 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def write_training_set(folder: str | os.PathLike, min_side: int = 128) -> Path:
     """Write every training photograph at :data:`TRAIN_SCALES` as ``<name>_s<percent>.png`` and a list
-    file ``train.txt`` that names each file once per 256x256 of its area, between 1 and
-    :data:`MAX_REPEATS` times.
+    file ``train.txt`` (:func:`write_scaled_set`). Returns the list file."""
+    return write_scaled_set({src.name: load_photo(src) for src in TRAIN_IMAGES}, folder, min_side)
+
+
+def write_scaled_set(images: dict[str, np.ndarray], folder: str | os.PathLike, min_side: int = 128) -> Path:
+    """Write every ``name -> (H, W, 3) uint8`` photograph at :data:`TRAIN_SCALES` as
+    ``<name>_s<percent>.png`` and a list file ``train.txt`` that names each file once per 256x256 of its
+    area, between 1 and :data:`MAX_REPEATS` times.
 
     The list is what training reads (:class:`ccsr.data.datasets.HQImageDataset` takes one random crop per
     line and epoch): larger photographs give more crops per epoch, but none dominates (the 1411 px
@@ -114,14 +120,13 @@ def write_training_set(folder: str | os.PathLike, min_side: int = 128) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: list[tuple[Path, int]] = []
-    for src in TRAIN_IMAGES:
-        arr = load_photo(src)
+    for name, arr in images.items():
         h, w = arr.shape[:2]
         for s in TRAIN_SCALES:
             size = (round(w * s), round(h * s))
             if min(size) < min_side:
                 continue
-            path = folder / f"{src.name}_s{round(s * 100):03d}.png"
+            path = folder / f"{name}_s{round(s * 100):03d}.png"
             _save_png(arr if s == 1.0 else _resize(arr, size), path)
             written.append((path, min(MAX_REPEATS, max(1, round(size[0] * size[1] / 256**2)))))
     if not written:
@@ -145,16 +150,22 @@ def heldout_crops(size: int = EVAL_CROP) -> dict[str, np.ndarray]:
     """
     crops: dict[str, np.ndarray] = {}
     for src in HELDOUT_IMAGES:
-        arr = load_photo(src)
-        h, w = arr.shape[:2]
-        rows, cols = h // size, w // size
-        if rows == 0 or cols == 0:
-            raise ValueError(f"held-out image {src.name} is {w}x{h}, smaller than the {size} px crop")
-        top0, left0 = (h - rows * size) // 2, (w - cols * size) // 2
-        for r in range(rows):
-            for c in range(cols):
-                top, left = top0 + r * size, left0 + c * size
-                crops[f"{src.name}_{r}{c}"] = arr[top : top + size, left : left + size].copy()
+        crops.update(grid_crops(src.name, load_photo(src), size))
+    return crops
+
+
+def grid_crops(name: str, arr: np.ndarray, size: int = EVAL_CROP) -> dict[str, np.ndarray]:
+    """Every non-overlapping ``size`` x ``size`` crop of ``arr`` on a centred grid, as ``<name>_<row><col>``."""
+    h, w = arr.shape[:2]
+    rows, cols = h // size, w // size
+    if rows == 0 or cols == 0:
+        raise ValueError(f"held-out image {name} is {w}x{h}, smaller than the {size} px crop")
+    top0, left0 = (h - rows * size) // 2, (w - cols * size) // 2
+    crops = {}
+    for r in range(rows):
+        for c in range(cols):
+            top, left = top0 + r * size, left0 + c * size
+            crops[f"{name}_{r}{c}"] = arr[top : top + size, left : left + size].copy()
     return crops
 
 
@@ -187,11 +198,22 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_eval_sets(folder: str | os.PathLike, size: int = EVAL_CROP, seed: int = EVAL_SEED) -> Path:
+def write_eval_sets(
+    folder: str | os.PathLike,
+    size: int = EVAL_CROP,
+    seed: int = EVAL_SEED,
+    gts: dict[str, np.ndarray] | None = None,
+    sources: dict[str, str] | None = None,
+) -> Path:
     """Write ``gt/``, ``lr_bicubic/`` and ``lr_realesrgan/`` (same file names) and ``manifest.json``
-    (sizes, seed, licences, SHA-256 of every file) under ``folder``. Returns ``folder``."""
+    (sizes, seed, licences, SHA-256 of every file) under ``folder``. Returns ``folder``.
+
+    ``gts`` (name -> ``(size, size, 3)`` uint8 crop) and ``sources`` (source image -> licence) default
+    to the scikit-image held-out crops (:func:`heldout_crops`)."""
     folder = Path(folder)
-    gts = heldout_crops(size)
+    if gts is None:
+        gts = heldout_crops(size)
+        sources = {s.name: s.licence for s in HELDOUT_IMAGES}
     sets = {
         "gt": gts,
         "lr_bicubic": {k: bicubic_lr(v) for k, v in gts.items()},
@@ -208,7 +230,7 @@ def write_eval_sets(folder: str | os.PathLike, size: int = EVAL_CROP, seed: int 
         "crop": size,
         "scale": EVAL_SCALE,
         "realesrgan_seed": seed,
-        "sources": {s.name: s.licence for s in HELDOUT_IMAGES},
+        "sources": sources or {},
         "files": files,
     }
     tmp = folder / ".manifest.json.tmp"

@@ -12,8 +12,9 @@ Accepted layouts (docs/algorithm.md §2.5):
   ``ROOT/{unet,text_encoder,tokenizer,scheduler,controlnet,vae}/``.
 
 A model folder may also hold ``inference_defaults.json`` with the settings its authors recommend
-(``color_fix``, ``postprocess``, ``tile_window``; ccsr-tiny ships ``{"color_fix": "wavelet"}``). Without it,
-or for a key it does not name, the reference's behaviour applies. :func:`recommended_settings` reads it.
+(``color_fix``, ``postprocess``, ``tile_window``, ``border_pad``; ccsr-tiny ships ``{"color_fix": "wavelet",
+"border_pad": 16}``). Without it, or for a key it does not name, the reference's behaviour applies.
+:func:`recommended_settings` reads it.
 
 Any component can be pointed elsewhere with ``base=``, ``controlnet=`` or ``vae=`` (the reference's
 three path flags). ``ROOT`` may be a Hugging Face repo id; it is fetched with ``huggingface_hub``.
@@ -120,23 +121,27 @@ def resolve_paths(
 INFERENCE_DEFAULTS = "inference_defaults.json"
 #: What a model folder may recommend in ``inference_defaults.json``, and the authors' behaviour used
 #: without a recommendation (the official weights ship none).
-REFERENCE_DEFAULTS: dict[str, str] = {
+REFERENCE_DEFAULTS: dict[str, str | int] = {
     "color_fix": "adain",
     "postprocess": "reference",
     "tile_window": "reference",
+    "border_pad": 0,  # pixels mirrored around the canvas before encoding, cropped after decoding
 }
 DEFAULT_COLOR_FIX = REFERENCE_DEFAULTS["color_fix"]
 
 
-def _choices() -> dict[str, tuple[str, ...]]:
-    from ccsr.color import COLOR_FIXES
-    from ccsr.postprocess import POSTPROCESS_MODES
-    from ccsr.tiling import TILE_WINDOWS
+def _problem(key: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the inference default ``key``, or ``None``."""
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
 
-    return {"color_fix": COLOR_FIXES, "postprocess": POSTPROCESS_MODES, "tile_window": TILE_WINDOWS}
+    if key == "border_pad":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value % 8 == 0
+        return None if ok else f"border_pad={value!r} must be a multiple of 8 >= 0"
+    choices = {"color_fix": COLOR_FIXES, "postprocess": POSTPROCESS_MODES, "tile_window": TILE_WINDOWS}[key]
+    return None if value in choices else f"{key}={value!r} is not one of {choices}"
 
 
-def recommended_settings(root: str | os.PathLike | None) -> dict[str, str]:
+def recommended_settings(root: str | os.PathLike | None) -> dict[str, str | int]:
     """Every key of :data:`REFERENCE_DEFAULTS`: the value a model folder recommends in
     ``inference_defaults.json``, else the reference's."""
     path = Path(root) / INFERENCE_DEFAULTS if root is not None else None
@@ -147,28 +152,37 @@ def recommended_settings(root: str | os.PathLike | None) -> dict[str, str]:
         values = {k: data.get(k, v) for k, v in REFERENCE_DEFAULTS.items()}
     except (ValueError, AttributeError) as e:
         raise ValueError(f"{path}: not a JSON object ({e}); fix or delete the file") from None
-    for key, choices in _choices().items():
-        if values[key] not in choices:
-            raise ValueError(f"{path}: {key}={values[key]!r} is not one of {choices}; fix or delete the file")
+    for key, value in values.items():
+        problem = _problem(key, value)
+        if problem:
+            raise ValueError(f"{path}: {problem}; fix or delete the file")
     return values
 
 
 def recommended_color_fix(root: str | os.PathLike | None) -> str:
     """The colour fix a model folder recommends in ``inference_defaults.json``, else ``"adain"``."""
-    return recommended_settings(root)["color_fix"]
+    return str(recommended_settings(root)["color_fix"])
 
 
-def write_inference_defaults(root: str | os.PathLike, color_fix: str | None = None, **settings: str) -> Path:
+def recommended_border_pad(root: str | os.PathLike | None) -> int:
+    """The ``border_pad`` a model folder recommends, else 0 (the reference: no padding). ccsr-tiny's small
+    autoencoder darkens the image border without it."""
+    return int(recommended_settings(root)["border_pad"])  # type: ignore[call-overload]
+
+
+def write_inference_defaults(
+    root: str | os.PathLike, color_fix: str | None = None, **settings: str | int
+) -> Path:
     """Record the settings a release recommends (keys of :data:`REFERENCE_DEFAULTS`; read back by
     :func:`recommended_settings`). Only the values given are written."""
     if color_fix is not None:
         settings = {"color_fix": color_fix, **settings}
-    choices = _choices()
     for key, value in settings.items():
-        if key not in choices:
-            raise ValueError(f"{key!r} is not an inference default; choose among {tuple(choices)}")
-        if value not in choices[key]:
-            raise ValueError(f"{key}={value!r} is not one of {choices[key]}")
+        if key not in REFERENCE_DEFAULTS:
+            raise ValueError(f"{key!r} is not an inference default; choose among {tuple(REFERENCE_DEFAULTS)}")
+        problem = _problem(key, value)
+        if problem:
+            raise ValueError(problem)
     path = Path(root) / INFERENCE_DEFAULTS
     path.write_text(json.dumps(settings, indent=2) + "\n")
     return path

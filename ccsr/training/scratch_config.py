@@ -157,11 +157,19 @@ class RecipeConfig:
     redo: bool = False  # false: a stage whose export exists is skipped, so a stopped recipe continues
     #: the colour fix the release recommends (its inference_defaults.json; `ccsr upscale`'s default)
     color_fix: str = "adain"
+    #: pixels mirrored around the canvas at inference (the release's inference_defaults.json); 0: none
+    border_pad: int = 0
+    #: a folder written by `ccsr data tiny-set` (train/ and eval/); null: scikit-image's photographs
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        from ccsr.color import COLOR_FIXES
+        from ccsr.options import COLOR_FIXES
 
         check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
+        check(
+            self.border_pad >= 0 and self.border_pad % 8 == 0,
+            f"border_pad={self.border_pad} must be a multiple of 8 >= 0",
+        )
         check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")
         check(
             self.release_dtype in RELEASE_DTYPES,

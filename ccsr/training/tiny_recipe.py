@@ -1,6 +1,6 @@
 """The ccsr-tiny recipe (``ccsr train tiny-recipe``): every stage of CCSR from scratch, one command.
 
-    data (scikit-image photographs) -> autoencoder -> base UNet -> stage 1 (ControlNet)
+    data (scikit-image photographs, or ``data_dir`` from ``ccsr data tiny-set``) -> autoencoder -> base UNet -> stage 1 (ControlNet)
         -> stage 2 (VAE decoder, GAN) -> export (single-folder release layout)
 
 Each stage is the ordinary ``ccsr train <stage>`` run on its own config (``configs/tiny/*.yaml``); the
@@ -56,11 +56,14 @@ def stage_overrides(
     }
 
 
-def export_release(root: Path, release: Path, dtype: str = "float32", color_fix: str = "adain") -> Path:
+def export_release(
+    root: Path, release: Path, dtype: str = "float32", color_fix: str = "adain", border_pad: int = 0
+) -> Path:
     """Assemble base model + stage-1 ControlNet + stage-2 VAE into one folder (``layout="single"``),
     written beside ``release`` and renamed into place; every component reloads strictly first.
     ``dtype="float16"`` halves the files (training and inference stay float32: loaders upcast).
-    ``color_fix`` other than adain is recorded in ``inference_defaults.json`` (the release's default)."""
+    ``color_fix`` other than adain and a non-zero ``border_pad`` are recorded in ``inference_defaults.json``
+    (the release's defaults)."""
     import torch
 
     from ccsr.models.loading import load_components, write_inference_defaults
@@ -78,8 +81,8 @@ def export_release(root: Path, release: Path, dtype: str = "float32", color_fix:
 
     def write(tmp: Path) -> None:
         save_release_layout(comps, tmp, layout="single", record_prediction=True)
-        if color_fix != "adain":
-            write_inference_defaults(tmp, color_fix)
+        if color_fix != "adain" or border_pad:
+            write_inference_defaults(tmp, color_fix, border_pad=border_pad)
 
     return replace_dir_atomically(release, write)
 
@@ -91,12 +94,20 @@ def run(cfg: RecipeConfig) -> TrainResult:
     from ccsr.models.discriminator import save_tiny_backbones
 
     root = Path(cfg.output_dir)
-    data = root / "data"
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "recipe.yaml")
-    write_training_set(data / "train", cfg.train_min_side)
-    if cfg.redo or not (data / "eval" / "manifest.json").is_file():
-        write_eval_sets(data / "eval")
+    if cfg.data_dir is not None:  # built by `ccsr data tiny-set`
+        data = Path(cfg.data_dir)
+        for need in (data / "train" / "train.txt", data / "eval" / "manifest.json"):
+            if not need.is_file():
+                raise FileNotFoundError(
+                    f"data_dir: {need} is missing; build it with ccsr data tiny-set {data}"
+                )
+    else:
+        data = root / "data"
+        write_training_set(data / "train", cfg.train_min_side)
+        if cfg.redo or not (data / "eval" / "manifest.json").is_file():
+            write_eval_sets(data / "eval")
     # No pretrained DINO offline: the stage-2 discriminator runs on random miniature backbones (seeded).
     backbones = save_tiny_backbones(root / "backbones", seed=0)
     overrides = stage_overrides(cfg, root, data, backbones)
@@ -124,7 +135,7 @@ def run(cfg: RecipeConfig) -> TrainResult:
         logger.info("tiny-recipe: %s done in %.0f s (%d steps)", name, timings[name], result.global_step)
 
     release = Path(cfg.release_dir) if cfg.release_dir is not None else root / "ccsr-tiny"
-    export_release(root, release, cfg.release_dtype, cfg.color_fix)
+    export_release(root, release, cfg.release_dtype, cfg.color_fix, cfg.border_pad)
     log = root / "recipe_timings.json"
     previous = json.loads(log.read_text()) if log.is_file() else {}
     log.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
