@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "train": "ccsr.commands.train",
     "app": "ccsr.commands.app",
     "data": "ccsr.commands.data",
+    "bench": "ccsr.commands.bench",
 }
 
 

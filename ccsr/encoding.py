@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ccsr.denoiser import module_dtype
+
 GeneratorArg = torch.Generator | list[torch.Generator] | None
 
 
@@ -36,7 +38,7 @@ def encode_image(
 ) -> torch.Tensor:
     """Scaled latent ``s * E(2 x - 1)`` as float32 ``(B, C, H/f, W/f)`` for ``image01`` ``(B, 3, H, W)`` in
     ``[0, 1]``: a posterior sample from ``generator`` (the authors'), or its ``"mode"`` (deterministic)."""
-    dist = vae.encode((image01 * 2 - 1).to(vae.dtype)).latent_dist
+    dist = vae.encode((image01 * 2 - 1).to(module_dtype(vae))).latent_dist
     z = dist.sample(generator=generator) if mode == "sample" else dist.mode()
     return z.float() * vae.config.scaling_factor
 
@@ -46,9 +48,9 @@ def decode_latent(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> float32 images in about ``[-1, 1]``; a half-precision decode that overflows is redone
     in float32 (the VAE's weights are cast back afterwards)."""
     z = latents / vae.config.scaling_factor
-    img = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-    if vae.dtype != torch.float32 and not torch.isfinite(img).all():
-        dtype = vae.dtype
+    img = vae.decode(z.to(module_dtype(vae)), return_dict=False)[0]
+    if module_dtype(vae) != torch.float32 and not torch.isfinite(img).all():
+        dtype = module_dtype(vae)
         vae.to(torch.float32)
         try:
             img = vae.decode(z.float(), return_dict=False)[0]

@@ -81,6 +81,8 @@ def pad_canvas(canvas: torch.Tensor, pad: int) -> torch.Tensor:
         raise ValueError(f"border_pad={pad} must be a non-negative multiple of {CANVAS_MULTIPLE}")
     if pad == 0:
         return canvas
+    import torch
+
     mode = "reflect" if min(canvas.shape[-2:]) > pad else "replicate"
     return torch.nn.functional.pad(canvas, (pad,) * 4, mode=mode)
 
@@ -118,11 +120,14 @@ def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float ``(B, 3, H, W)`` in ``[0, 1]`` -> uint8 ``(B, H, W, 3)``, rounded."""
+    """Float ``(B, 3, H, W)`` in ``[0, 1]`` -> uint8 ``(B, H, W, 3)``, rounded half to even.
+
+    Quantised where the tensor is, so a GPU result crosses to the host once, as uint8 (a quarter of the
+    float32 bytes); float32 ``x * 255`` and ``round`` give the same bits on every device."""
     import torch
 
-    arr = images.detach().to("cpu", torch.float32).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return (arr * 255.0).round().astype(np.uint8)
+    q = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return q.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:

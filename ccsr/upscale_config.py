@@ -68,7 +68,7 @@ class UpscaleConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # limits the output and the model's canvas
     frames: str = "all"  # multi-page TIFF and animations: "all" frames, or the "first" only (ccsr.frames)
-    workers: int = 2
+    workers: int | None = None  # None: resolved_workers() picks for the device
     channels_last: bool = False  # speed only: not part of a run's settings (outputs equal up to rounding)
     compile: bool = False
     quiet: bool = False
@@ -150,7 +150,10 @@ class UpscaleConfig:
         need(self.max_pixels > 0, f"--max-pixels {self.max_pixels} must be positive")
         need(self.frames in FRAMES, f"--frames {self.frames!r}: choose one of {FRAMES}")
         need(self.max_output_pixels > 0, f"--max-output-pixels {self.max_output_pixels} must be positive")
-        need(self.workers >= 0, f"--workers {self.workers} must be >= 0 (0: no background threads)")
+        need(
+            self.workers is None or self.workers >= 0,
+            f"--workers {self.workers} must be >= 0 (0: no background threads)",
+        )
         need(
             self.guidance_scale is None or self.guidance_scale >= 0,
             f"--guidance {self.guidance_scale} must be >= 0",
@@ -165,6 +168,14 @@ class UpscaleConfig:
         if self.precision != "auto":
             return self.precision
         return "fp16" if device_type == "cuda" else "fp32"
+
+    def resolved_workers(self, device_type: str) -> int:
+        """Reader and writer threads each. Default: 2 on an accelerator, where decoding and PNG encoding on
+        the CPU overlap with the GPU's work; 0 on a CPU, whose cores the networks already use (measured on
+        a 2-core CPU: background threads made a folder run slower, README "Performance")."""
+        if self.workers is not None:
+            return self.workers
+        return 0 if device_type == "cpu" else 2
 
     def tiling_settings(self) -> dict:
         return {

@@ -134,9 +134,10 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
 
     Ctrl-C / SIGTERM stop it cleanly: outputs already computed are still written, nothing half-done is left.
     """
-    readers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-read") if cfg.workers else None
-    writers = cf.ThreadPoolExecutor(cfg.workers, thread_name_prefix="ccsr-write") if cfg.workers else None
-    slots = threading.BoundedSemaphore(max(2, 2 * cfg.workers))  # finished images waiting to be written
+    workers = cfg.resolved_workers(pipe._execution_device.type)
+    readers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-read") if workers else None
+    writers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
+    slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting to be written
     done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
     lock = threading.Lock()
     log.start_bar(len(shard))
@@ -144,7 +145,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     started = 0
     restore = _sigterm_as_interrupt()
     try:
-        for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * cfg.workers)):
+        for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * workers)):
             if tally.stopped:  # the output folder stopped taking files: no new image is started
                 break
             started += 1

@@ -173,7 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile-threshold", type=int, default=1024 * 1024, help="canvas pixels above which auto tiling starts"
     )
     g.add_argument(
-        "--workers", type=int, default=2, help="reader and writer threads each (0: all in the main thread)"
+        "--workers",
+        type=int,
+        default=None,
+        help="reader and writer threads each (0: all in the main thread; default 2 on a GPU, 0 on a CPU)",
     )
     g.add_argument(
         "--channels-last", action="store_true", help="NHWC weights for the networks (faster fp16 on CUDA)"
