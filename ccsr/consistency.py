@@ -11,7 +11,7 @@ Sec. IV). With K samples of one image (seeds ``seed .. seed + K - 1``) this modu
 * :func:`consensus_pick`: the medoid, the sample with the least mean distance to the *other* samples
   (L1 on the BT.601 luma by default, or LPIPS through :func:`lpips_distance`);
 * :func:`mean_image`: the pixel mean of the samples, in float; round it once when writing
-  (:func:`ccsr.io.to_output_pixels`), never per sample.
+  (:func:`ccsr.encode.to_output_pixels`), never per sample.
 
 Samples are given as a sequence of PIL images, integer arrays ``(H, W)`` / ``(H, W, C)`` (uint8 or
 uint16, scaled by their peak), float arrays ``(C, H, W)`` in ``[0, 1]`` (the pipeline's and the
@@ -236,5 +236,5 @@ def consensus_pick(
 
 def mean_image(samples: Sequence[object] | np.ndarray) -> np.ndarray:
     """The pixel mean of the samples, ``(C, H, W)`` float64 in ``[0, 1]``, not rounded: round it once when
-    writing (``ccsr.io.to_output_pixels``), so K samples of 10.4, 10.4, 10.4, 12.4 give 11, not 10."""
+    writing (``ccsr.encode.to_output_pixels``), so K samples of 10.4, 10.4, 10.4, 12.4 give 11, not 10."""
     return as_stack(samples).mean(axis=0)

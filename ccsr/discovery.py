@@ -14,7 +14,7 @@ Rules (each tested in ``tests/test_upscale.py``):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -102,12 +102,15 @@ def discover(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, rec
     return result
 
 
-def assign_outputs(files: list[InputFile], ext: str) -> tuple[list[InputFile], list[tuple[str, str]]]:
-    """Drop inputs whose output name is taken by an earlier one; returns (kept, failures)."""
+def assign_outputs(
+    files: list[InputFile], ext: str | Callable[[InputFile], str]
+) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """Drop inputs whose output name is taken by an earlier one; returns (kept, failures). ``ext`` is
+    the output extension, or a function giving it per input (multi-frame inputs get their own)."""
     owner: dict[str, InputFile] = {}
     kept, failures = [], []
     for f in sorted(files, key=lambda f: (f.rel, str(f.path))):
-        key = f.output_rel(ext)
+        key = f.output_rel(ext if isinstance(ext, str) else ext(f))
         if key in owner:
             failures.append(
                 (

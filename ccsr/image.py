@@ -9,10 +9,13 @@ enlarge small inputs so that the output's short side reaches ``process_size``, u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where it is used: the resize plan is needed before torch loads
+    import torch
 
 #: Canvas sides are multiples of this (the VAE's downsampling factor of SD).
 CANVAS_MULTIPLE = 8
@@ -78,12 +81,16 @@ def pad_canvas(canvas: torch.Tensor, pad: int) -> torch.Tensor:
         raise ValueError(f"border_pad={pad} must be a non-negative multiple of {CANVAS_MULTIPLE}")
     if pad == 0:
         return canvas
+    import torch
+
     mode = "reflect" if min(canvas.shape[-2:]) > pad else "replicate"
     return torch.nn.functional.pad(canvas, (pad,) * 4, mode=mode)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 ``(1, 3, H, W)`` in ``[0, 1]``."""
+    import torch
+
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -95,6 +102,8 @@ def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``[0, 1]`` as PIL's 8-bit intermediate does, vertical pass), so the result matches PIL's resize of
     the 8-bit image up to quantisation, without the 8-bit rounding.
     """
+    import torch
+
     b, c, h, w = images.shape
     if (w, h) == tuple(size):
         return images
@@ -115,6 +124,8 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
 
     Quantised where the tensor is, so a GPU result crosses to the host once, as uint8 (a quarter of the
     float32 bytes); float32 ``x * 255`` and ``round`` give the same bits on every device."""
+    import torch
+
     q = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
     return q.permute(0, 2, 3, 1).cpu().numpy()
 

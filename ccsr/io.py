@@ -1,17 +1,20 @@
-"""Reading and writing real image files for ``ccsr upscale``.
+"""Reading real image files for ``ccsr upscale``, and writing files atomically.
 
 What a folder of photographs contains, and what we do with it:
 
-* formats: PNG, JPEG, WebP, TIFF, BMP (anything else Pillow reads is accepted when named explicitly);
+* formats: PNG, JPEG, WebP, TIFF, BMP, GIF (anything else Pillow reads is accepted when named explicitly);
 * EXIF orientation is applied to the pixels, and the carried-over EXIF says ``Orientation = 1``;
 * grayscale stays grayscale, 16-bit stays 16-bit (PNG and TIFF; Pillow truncates 16-bit colour to
-  8 bits, so those files are decoded and encoded with OpenCV);
+  8 bits, so those files are decoded with OpenCV). Gray is decided by the file's own colour type (PNG
+  IHDR, TIFF PhotometricInterpretation), not by the mode Pillow converts it to: a 16-bit gray+alpha
+  PNG opens as RGBA in Pillow and is still gray;
 * alpha is split off, upscaled on its own (bicubic) and re-attached: only RGB goes through the model;
 * palette images become RGB(A), CMYK/YCbCr/LAB become RGB (through the embedded ICC profile when
   there is one, whose profile is then dropped because it describes the old colour space);
-* EXIF and ICC profile are written back where the output format can hold them;
+* EXIF and ICC profile are kept for the writer (:mod:`ccsr.encode`);
 * bad files raise :class:`ImageReadError` with one line saying why; sizes are checked from the
-  header before any pixel is decoded (decompression-bomb guard);
+  header before any pixel is decoded (decompression-bomb guard, with our ``--max-pixels`` limit in the
+  message, never Pillow's internal one);
 * outputs are written to a temporary file in the same folder and renamed over the target, so a
   killed process leaves either the old file, the new file, or nothing, never half an image.
 
@@ -24,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,9 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 #: Extensions picked up when a folder is scanned (case-insensitive).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+)
 #: ``--format`` choice -> (file extension, Pillow format name).
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
     "png": (".png", "PNG"),
@@ -52,7 +57,6 @@ MIN_SIDE = 8
 TEMP_TAG = ".ccsr-tmp-"
 _EXIF_ORIENTATION = 0x0112
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N")
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's convert("L")
 
 
 class ImageReadError(Exception):
@@ -94,8 +98,9 @@ class ImageData:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
-    """Decode ``path`` into an upright :class:`ImageData`; raise :class:`ImageReadError` with the reason."""
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> ImageData:
+    """Decode ``path`` (its ``frame``-th page or animation frame, composited as shown) into an upright
+    :class:`ImageData`; raise :class:`ImageReadError` with the reason."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ImageReadError("broken symbolic link")
@@ -116,15 +121,13 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(_too_large(w, h, max_pixels))
-            img = _decode(im, data)
+            img = _decode(im, data, frame)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError("not an image (no image format recognised in its contents)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(
-            f"too large: {e} (decompression-bomb guard); pass --max-pixels to allow it"
-        ) from None
+    except Image.DecompressionBombError as e:  # Pillow's guard fired before ours could read the size
+        raise ImageReadError(_too_large_pixels(e, max_pixels)) from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         # Pillow signals truncated / corrupt data with these; name the file's state, not the internals.
         raise ImageReadError(f"truncated or corrupt image data ({e})") from None
@@ -145,7 +148,17 @@ def _too_large(w: int, h: int, limit: int) -> str:
     )
 
 
-def _decode(im: Image.Image, data: bytes):
+def _too_large_pixels(e: Exception, limit: int) -> str:
+    """Our message for Pillow's ``DecompressionBombError`` (which quotes Pillow's limit, not ours)."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(m.group(1)) / 1e6:.1f} MP" if m else "its pixel count"
+    return (
+        f"too large: {size} is above the limit of {limit / 1e6:.1f} MP "
+        "(decompression-bomb guard); pass --max-pixels to allow larger inputs"
+    )
+
+
+def _decode(im: Image.Image, data: bytes, frame: int = 0):
     """-> (color, alpha, icc, exif bytes, exif orientation, format name)."""
     fmt = im.format or "unknown"
     icc = im.info.get("icc_profile") or None
@@ -158,11 +171,12 @@ def _decode(im: Image.Image, data: bytes):
         if _EXIF_ORIENTATION in exif_obj:
             exif_obj[_EXIF_ORIENTATION] = 1
         exif = exif_obj.tobytes()
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)
-    gray = im.mode in _GRAY_MODES or (im.mode == "P" and _palette_is_gray(im))
+    if frame >= int(getattr(im, "n_frames", 1) or 1):
+        raise ImageReadError(f"has no frame {frame} (it has {getattr(im, 'n_frames', 1)})")
+    im.seek(frame)
+    gray = _file_is_gray(im, data)
     if _is_16bit_color(im, data):
-        color, alpha = _decode_16bit(data, gray)
+        color, alpha = _decode_16bit(data, gray, frame)
         return color, alpha, icc, exif, orientation, fmt
     im.load()
     mode = im.mode
@@ -197,6 +211,23 @@ def _decode(im: Image.Image, data: bytes):
     return np.ascontiguousarray(arr), alpha, icc, exif, orientation, fmt
 
 
+def _file_is_gray(im: Image.Image, data: bytes) -> bool:
+    """Gray by the file's own colour type where the format states one, else by Pillow's mode."""
+    if im.format == "PNG" and data[12:16] == b"IHDR":
+        colour_type = data[25]
+        if colour_type in (0, 4):  # gray, gray+alpha (Pillow opens 16-bit gray+alpha as RGBA)
+            return True
+        if colour_type in (2, 6):
+            return False
+    if im.format == "TIFF":
+        photometric = im.tag_v2.get(262)
+        if photometric in (0, 1):  # WhiteIsZero, BlackIsZero: gray samples, alpha or not
+            return True
+        if photometric is not None and photometric != 3:
+            return False
+    return im.mode in _GRAY_MODES or (im.mode == "P" and _palette_is_gray(im))
+
+
 def _palette_is_gray(im: Image.Image) -> bool:
     pal = np.frombuffer(im.palette.tobytes(), np.uint8) if im.palette is not None else None
     if pal is None or im.palette.mode != "RGB" or pal.size % 3:
@@ -216,9 +247,14 @@ def _is_16bit_color(im: Image.Image, data: bytes) -> bool:
     return False
 
 
-def _decode_16bit(data: bytes, gray: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode_16bit(data: bytes, gray: bool, frame: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     cv2 = _cv2()
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    buf = np.frombuffer(data, np.uint8)
+    if frame:
+        ok, pages = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+        arr = pages[frame] if ok and frame < len(pages) else None
+    else:
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageReadError("truncated or corrupt 16-bit image data")
     if arr.dtype != np.uint16:
@@ -266,140 +302,7 @@ def _cv2():
     return cv2
 
 
-# ---------------------------------------------------------------------------------------------- model output
-def to_output_pixels(sr: np.ndarray, gray: bool, bit_depth: int) -> np.ndarray:
-    """Model output ``(3, H, W)`` float in ``[0, 1]`` -> ``(H, W, 1 | 3)`` uint8/uint16, rounded."""
-    x = np.clip(np.asarray(sr, dtype=np.float32), 0.0, 1.0).transpose(1, 2, 0)
-    if gray:
-        x = (x @ _LUMA)[..., None]
-    peak = 65535.0 if bit_depth == 16 else 255.0
-    return np.round(x * peak).astype(np.uint16 if bit_depth == 16 else np.uint8)
-
-
-def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of an alpha plane to ``size = (width, height)``, keeping its dtype."""
-    peak = 65535.0 if alpha.dtype == np.uint16 else 255.0
-    plane = Image.fromarray(alpha.astype(np.float32) / peak, mode="F").resize(size, Image.BICUBIC)
-    return np.round(np.clip(np.asarray(plane), 0.0, 1.0) * peak).astype(alpha.dtype)
-
-
 # ---------------------------------------------------------------------------------------------- writing
-def encode_image(
-    color: np.ndarray,
-    alpha: np.ndarray | None,
-    fmt: str,
-    quality: int = 95,
-    icc_profile: bytes | None = None,
-    exif: bytes | None = None,
-) -> tuple[bytes, list[str]]:
-    """Encode pixels as ``fmt`` (a key of :data:`OUTPUT_FORMATS`); returns ``(file bytes, notes)``.
-
-    ``notes`` says what the format could not hold (alpha in JPEG, 16 bits outside PNG/TIFF, ...).
-    """
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"format={fmt!r} is not one of {sorted(OUTPUT_FORMATS)}")
-    notes: list[str] = []
-    if alpha is not None and fmt == "jpg":
-        notes.append("alpha dropped: jpg has no alpha channel (use --format png, webp or tiff)")
-        alpha = None
-    if color.dtype == np.uint16 and fmt not in ("png", "tiff"):
-        notes.append(f"16-bit reduced to 8 bits: {fmt} holds 8 bits (use --format png or tiff)")
-        color = _to8(color)
-        alpha = None if alpha is None else _to8(alpha)
-    if color.dtype == np.uint16:
-        return _encode_16bit(color, alpha, fmt, icc_profile, exif, notes), notes
-    gray = color.shape[2] == 1
-    if gray and fmt == "webp":
-        notes.append("gray written as RGB: webp has no gray mode")
-        color, gray = np.repeat(color, 3, axis=2), False
-    planes = [color] if alpha is None else [color, alpha[..., None]]
-    arr = np.ascontiguousarray(np.concatenate(planes, axis=2))
-    mode = {(True, False): "L", (True, True): "LA", (False, False): "RGB", (False, True): "RGBA"}[
-        (gray, alpha is not None)
-    ]
-    if mode == "LA" and fmt == "bmp":
-        arr, mode = np.concatenate([np.repeat(color, 3, axis=2), alpha[..., None]], axis=2), "RGBA"
-        notes.append("gray+alpha written as RGBA: bmp has no gray+alpha mode")
-    im = Image.fromarray(arr if arr.shape[2] > 1 else arr[..., 0], mode)
-    kwargs: dict = {}
-    if fmt in ("jpg", "webp"):
-        kwargs["quality"] = quality
-    if fmt == "jpg":
-        kwargs["subsampling"] = 0 if quality >= 90 else 2  # keep chroma detail at high quality
-    if fmt != "bmp":
-        if icc_profile:
-            kwargs["icc_profile"] = icc_profile
-        if exif:
-            kwargs["exif"] = exif
-    elif icc_profile or exif:
-        notes.append("EXIF/ICC not kept: bmp cannot hold them")
-    buf = io.BytesIO()
-    im.save(buf, OUTPUT_FORMATS[fmt][1], **kwargs)
-    return buf.getvalue(), notes
-
-
-def _to8(a: np.ndarray) -> np.ndarray:
-    return np.round(a.astype(np.float32) / 257.0).astype(np.uint8)
-
-
-def _encode_16bit(
-    color: np.ndarray,
-    alpha: np.ndarray | None,
-    fmt: str,
-    icc: bytes | None,
-    exif: bytes | None,
-    notes: list[str],
-) -> bytes:
-    cv2 = _cv2()
-    if color.shape[2] == 1 and alpha is not None:
-        color = np.repeat(color, 3, axis=2)  # OpenCV writes 1, 3 or 4 channels: gray+alpha goes out as RGBA
-        notes.append("16-bit gray+alpha written as RGBA (no 2-channel 16-bit writer)")
-    bgr = color[..., ::-1] if color.shape[2] == 3 else color[..., 0]
-    if alpha is not None:
-        bgr = np.concatenate([bgr, alpha[..., None]], axis=2)
-    ok, buf = cv2.imencode(".png" if fmt == "png" else ".tif", np.ascontiguousarray(bgr))
-    if not ok:
-        raise OSError(f"OpenCV could not encode a 16-bit {fmt} of shape {bgr.shape}")
-    out = buf.tobytes()
-    if fmt == "png":
-        return _png_insert_chunks(out, icc, exif)
-    if icc or exif:
-        notes.append("EXIF/ICC not kept: 16-bit tiff is written without metadata (use --format png)")
-    return out
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    )
-
-
-def png_add_text(png: bytes, text: dict[str, str]) -> bytes:
-    """``png`` with one UTF-8 ``iTXt`` chunk per ``{keyword: text}`` after ``IHDR``; pixels untouched.
-
-    Readers: ``PIL.Image.open(f).text[keyword]``, ``exiftool``, most image viewers' "properties"."""
-    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise ValueError("png_add_text needs PNG file bytes")
-    extra = b"".join(
-        _png_chunk(b"iTXt", k.encode("latin-1") + b"\x00\x00\x00\x00\x00" + v.encode("utf-8"))
-        for k, v in text.items()
-    )
-    end_of_ihdr = 8 + 8 + 13 + 4
-    return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
-
-
-def _png_insert_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
-    """Insert ``iCCP`` and ``eXIf`` chunks right after ``IHDR`` (both must precede ``IDAT``)."""
-    chunk = _png_chunk
-    extra = b""
-    if icc:
-        extra += chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
-    if exif:
-        extra += chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-    end_of_ihdr = 8 + 8 + 13 + 4
-    return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
-
-
 def atomic_write(
     path: Path, data: bytes, before_rename: Callable[[os.stat_result], None] | None = None
 ) -> os.stat_result:
@@ -410,7 +313,7 @@ def atomic_write(
     manifest there, so an output on disk is always in the manifest. Returns that ``stat``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TEMP_TAG}{os.getpid()}-{threading.get_ident()}")
+    tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, "xb") as f:
             f.write(data)
@@ -426,6 +329,22 @@ def atomic_write(
     return st
 
 
+def temp_name(name: str) -> str:
+    """``.<name>.ccsr-tmp-<pid>-<thread>``: the owner's pid tells a later run whether it is gone. A long
+    name is shortened to a hash, so the temporary name stays within the file system's 255 bytes."""
+    if len(os.fsencode(name)) > 120:
+        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
+    return f".{name}{TEMP_TAG}{os.getpid()}-{threading.get_ident()}"
+
+
 def is_temp_file(name: str) -> bool:
     """True for the temporary files :func:`atomic_write` creates."""
     return name.startswith(".") and TEMP_TAG in name
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid of the process that created temporary file ``name`` (None if not one of ours)."""
+    if not is_temp_file(name):
+        return None
+    pid = name.rsplit(TEMP_TAG, 1)[1].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None

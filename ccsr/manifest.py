@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
 RUN_JSON = "run.json"
 FAILURES = "failures.txt"
+FAILURES_JSONL = "failures.jsonl"
 
 
 def settings_hash(settings: dict) -> str:
@@ -89,7 +89,7 @@ class ManifestWriter:
         self._lock = threading.Lock()
 
     def append(self, entry: dict) -> None:
-        line = (json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (json.dumps(entry, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -154,7 +154,7 @@ def compact_manifest(run_dir: Path) -> int:
     for rel, rec in sorted(read_manifest(path).items()):
         out = run_dir / rel
         if out.is_file() and out.stat().st_size == rec.get("output_bytes"):
-            kept.append(json.dumps(rec, sort_keys=True, ensure_ascii=False))
+            kept.append(json.dumps(rec, sort_keys=True, ensure_ascii=True))
     write_text_atomic(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
@@ -180,22 +180,3 @@ def settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def _short(v: object) -> str:
     s = json.dumps(v)
     return s if len(s) <= 40 else s[:37] + "..."
-
-
-def remove_stale_temps(run_dirs: Iterable[Path], exclude: Iterable[Path] = ()) -> int:
-    """Delete temporary files a killed run left behind (only our own ``.name.ccsr-tmp-*`` files),
-    never descending into the ``exclude`` folders (input folders below the output folder)."""
-    from ccsr.io import is_temp_file
-
-    skip = {Path(p).resolve() for p in exclude}
-    n = 0
-    for root in run_dirs:
-        if not root.is_dir():
-            continue
-        for folder, dirs, names in os.walk(root):
-            dirs[:] = [d for d in dirs if Path(folder, d).resolve() not in skip]
-            for name in names:
-                if is_temp_file(name):
-                    Path(folder, name).unlink(missing_ok=True)
-                    n += 1
-    return n

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ from ccsr.options import check_color_fix, check_postprocess, check_tile_window
 from ccsr.postprocess import finish_images
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
+from ccsr.tiling import tile_windows
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -239,6 +241,7 @@ class CCSRPipeline(DiffusionPipeline):
         tile_stride: int | None = None,
         tile_batch: int = 1,
         tile_window: str | None = None,
+        tile_callback: Callable[[int, int], None] | None = None,
         vae_tiling: bool = False,
         output_type: Literal["pil", "np", "pt", "latent"] = "pil",
         return_dict: bool = True,
@@ -273,6 +276,7 @@ class CCSRPipeline(DiffusionPipeline):
             tile_window: tile blending weight, ``"reference"`` (the authors' Gaussian, off-centre
                 vertically) or ``"symmetric"`` (:func:`ccsr.tiling.gaussian_weights`). ``None``: the
                 model's recommendation, else ``"reference"``.
+            tile_callback: ``(done, total)`` after each tile group, counting tiles over all evaluations.
             vae_tiling: tiled VAE encode/decode (diffusers ``enable_tiling``) for large images.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (float in [0, 1]) or ``"latent"``.
         """
@@ -340,6 +344,15 @@ class CCSRPipeline(DiffusionPipeline):
         try:
             z_lr = encode_image(self.vae, padded, generator, lr_latent)
 
+            n_windows = len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) if tiles else 0
+            evals = (schedule.start_timestep is not None) + len(schedule.loop)
+            tiles_done = [0]
+
+            def progress(n: int) -> None:
+                tiles_done[0] += n
+                if tile_callback is not None:
+                    tile_callback(tiles_done[0], n_windows * evals)
+
             # 5-6. Extraction step, re-noising, truncated DDPM loop (docs/algorithm.md §1.5).
             x = sample_clean_latent(
                 self.unet,
@@ -352,7 +365,7 @@ class CCSRPipeline(DiffusionPipeline):
                 start_timestep=start_timestep,
                 start_point=start_point,
                 conditioning_scale=conditioning_scale,
-                tiles=None if tiles is None else Tiles(*tiles, tile_batch, tile_window),
+                tiles=None if tiles is None else Tiles(*tiles, tile_batch, tile_window, progress),
                 generator=generator,
             )
 

@@ -1,8 +1,14 @@
 """What a folder run tells its user and its scripts: progress bar, per-image lines, JSON-lines events,
-the final summary, and the ``run.json`` / ``failures.txt`` records."""
+the final summary, and the ``run.json`` / ``failures.jsonl`` / ``failures.txt`` records.
+
+File names may hold any byte but ``/`` and NUL: newlines, tabs, quotes, bytes that are not UTF-8.
+``failures.jsonl`` (one JSON object per line, ASCII-only) round-trips every one of them;
+``failures.txt`` stays one line per failure for people and ``grep`` by escaping them (:func:`escape`).
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -12,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccsr.manifest import FAILURES, RUN_JSON, write_text_atomic
+from ccsr.manifest import FAILURES, FAILURES_JSONL, RUN_JSON, write_text_atomic
 
 _PACKAGES = (
     "ccsr",
@@ -35,7 +41,37 @@ class Failure:
     steps: int | None = None  # None: the input itself failed (every step count of a sweep)
 
     def line(self) -> str:
-        return f"{self.input}\t{self.reason}"
+        """``failures.txt``'s line: ``<input>\\t<reason>``, both escaped (:func:`escape`)."""
+        return f"{escape(self.input)}\t{escape(self.reason)}"
+
+    def record(self) -> dict:
+        """``failures.jsonl``'s object; ``input_b64`` holds the exact bytes of a name that is not UTF-8."""
+        rec: dict = {"input": self.input, "reason": self.reason, "steps": self.steps}
+        raw = os.fsencode(self.input)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rec["input_b64"] = base64.b64encode(raw).decode("ascii")
+        return rec
+
+
+def escape(text: str) -> str:
+    """One printable line for any file name: ``\\`` -> ``\\\\``, tab -> ``\\t``, newline -> ``\\n``,
+    CR -> ``\\r``, other control characters and bytes that are not UTF-8 -> ``\\xNN``."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\t\n\r":
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}[ch])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8 (Python's surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 @dataclass
@@ -48,6 +84,7 @@ class Tally:
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str = ""  # why the run stopped early: the output folder stopped taking files
     not_started: int = 0
     loop_seconds: float = 0.0  # first read to last write; processes run side by side, so merged by max
     peak_gpu_bytes: int = 0
@@ -72,6 +109,7 @@ class Tally:
         self.failures += other.failures
         self.notes += [n for n in other.notes if n not in self.notes]
         self.interrupted |= other.interrupted
+        self.stopped = self.stopped or other.stopped
         self.not_started += other.not_started
         self.loop_seconds = max(self.loop_seconds, other.loop_seconds)
         self.peak_gpu_bytes = max(self.peak_gpu_bytes, other.peak_gpu_bytes)
@@ -99,7 +137,7 @@ class RunLog:
             return
         rec = {"event": kind, "time": round(time.time(), 3), "rank": self.rank, **fields}
         with self._lock:
-            self._jsonl.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            self._jsonl.write(json.dumps(rec, ensure_ascii=True, default=str) + "\n")
             self._jsonl.flush()
 
     def say(self, msg: str) -> None:
@@ -118,7 +156,7 @@ class RunLog:
 
     def failure(self, f: Failure) -> None:
         where = "" if f.steps is None else f" (steps {f.steps})"
-        self._write(f"FAILED {f.input}{where}: {f.reason}")
+        self._write(f"FAILED {escape(f.input)}{where}: {escape(f.reason)}")
         self.event("failed", input=f.input, reason=f.reason, steps=f.steps)
 
     # -- progress ------------------------------------------------------------------------------
@@ -133,8 +171,14 @@ class RunLog:
         self.event("image", input=rel, seconds=round(seconds, 4), outputs=outputs)
         if self._bar is not None:
             self._bar.set_postfix_str(f"{seconds:.2f} s/img", refresh=False)
-            self._write(f"{rel}  {seconds:.2f} s")
+            self._write(f"{escape(rel)}  {seconds:.2f} s")
             self._bar.update(1)
+
+    def tile(self, rel: str, done: int, total: int) -> None:
+        """Progress inside one image: ``done`` of ``total`` tile evaluations (tiled images only)."""
+        self.event("tile", input=rel, done=done, total=total)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{escape(rel)}: tile {done}/{total}", refresh=True)
 
     def image_failed(self) -> None:
         if self._bar is not None:
@@ -158,12 +202,17 @@ def summary_line(
     done, failed = total.images_done, len({f.input for f in total.failures})
     secs = total.image_seconds
     rate = f"{sum(secs) / len(secs):.2f} s per image" if secs else "no image processed"
-    head = "interrupted" if total.interrupted else "finished"
+    head = "interrupted" if total.interrupted else ("stopped" if total.stopped else "finished")
     text = (
         f"ccsr upscale {head}: {inputs} inputs: {done} done, {skipped} skipped (already done), {failed} failed "
         f"in {wall_s:.1f} s ({rate}, {per_image} output{'s' if per_image != 1 else ''} each; model load {load_s:.1f} s)"
     )
-    if total.interrupted:
+    if total.stopped:
+        text += (
+            f"; stopped after the image in progress because {total.stopped}; {total.not_started} not started: "
+            "free space or fix the folder's permissions, then run the same command again to resume"
+        )
+    elif total.interrupted:
         text += f"; {total.not_started} not started: run the same command again to resume"
     return text
 
@@ -212,7 +261,8 @@ def write_records(
     total: Tally,
     skipped_outputs: int,
 ) -> None:
-    """``run.json`` and ``failures.txt`` of one run folder (a sweep has one per step count)."""
+    """``run.json``, ``failures.jsonl`` and ``failures.txt`` of one run folder (a sweep has one per step
+    count)."""
     fails = [f for f in total.failures if f.steps in (None, steps)]
     rec = dict(base)
     rec["counts"] = {
@@ -220,7 +270,7 @@ def write_records(
         "outputs_skipped": skipped_outputs,
         "failed_inputs": len({f.input for f in fails}),
     }
-    rec["failures"] = [{"input": f.input, "reason": f.reason} for f in fails]
+    rec["failures"] = [f.record() for f in fails]
     rec["notes"] = total.notes
     old = read_run_json(run_dir)
     history = dict(old.get("settings_history", {})) if old else {}
@@ -228,7 +278,8 @@ def write_records(
         history[old["settings_hash"]] = old.get("settings")
     history[rec["settings_hash"]] = rec["settings"]
     rec["settings_history"] = history
-    write_text_atomic(run_dir / RUN_JSON, json.dumps(rec, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text_atomic(run_dir / RUN_JSON, json.dumps(rec, indent=2, ensure_ascii=True, default=str) + "\n")
+    write_text_atomic(run_dir / FAILURES_JSONL, "".join(json.dumps(f.record()) + "\n" for f in fails))
     write_text_atomic(run_dir / FAILURES, "".join(f.line() + "\n" for f in fails))
 
 

@@ -1,67 +1,95 @@
-"""The folder run behind ``ccsr upscale``: plan, shard, upscale, write, record.
+"""The folder run behind ``ccsr upscale``: check, plan, shard, upscale, write, record.
 
 Order of work, and why:
 
-1. **Plan without the model.** Scan the inputs, name every output, refuse writes into input folders,
-   hash the model files, and compare each planned output with ``manifest.jsonl``: done outputs are
-   skipped, outputs made differently stop the run (unless ``overwrite``) before minutes go into
-   loading a model.
-2. **Shard.** Under ``accelerate launch`` each process takes every ``num_processes``-th image of the
-   to-do list. Noise comes from one CPU ``torch.Generator`` per (image, sample) seeded ``seed + k``,
-   so an output does not depend on which process, or which neighbours, it ran with.
+0. **Check before torch.** Inputs exist, the model path exists, the output folder can be created and
+   written (a probe file), no other run holds it (:mod:`ccsr.outdir`), file headers give every
+   input's size and frames, and inputs whose output or canvas exceeds the limits are failed
+   (:mod:`ccsr.limits`): all before torch is imported, let alone the model loaded.
+1. **Plan without the model.** Name every output, refuse writes into input folders, hash the model
+   files, and compare each planned output with ``manifest.jsonl``: done outputs are skipped, outputs
+   made differently stop the run (unless ``overwrite``) before minutes go into loading a model.
+2. **Shard.** Under ``accelerate launch`` each process takes every ``num_processes``-th input of the
+   to-do list (all frames of a multi-frame input go to the same process). Noise comes from one CPU
+   ``torch.Generator`` per (image, sample) seeded ``seed + k``, so an output does not depend on which
+   process, or which neighbours, it ran with.
 3. **Overlap I/O with compute.** Background threads decode the next images and encode / write
    finished ones through bounded queues; the model runs in the main thread, one image at a time.
 4. **Record.** Each output is written atomically and listed in the manifest; at the end the main
-   process writes ``run.json`` and ``failures.txt`` per run folder and prints the summary.
+   process writes ``run.json``, ``failures.jsonl`` and ``failures.txt`` per run folder and prints the
+   summary. A folder that stops taking files (disk full, permissions) stops the run after the image
+   in progress, with the summary and, if it can still be written, ``run.json`` (``"status": "stopped"``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 from ccsr import consistency_run
-from ccsr.discovery import InputError, InputFile, assign_outputs, check_writable, discover
-from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
+from ccsr.discovery import InputError
+from ccsr.limits import mp, output_pixels
 from ccsr.manifest import (
-    FAILURES,
+    FAILURES_JSONL,
     MANIFEST,
     RUN_JSON,
-    Expected,
     ManifestWriter,
     compact_manifest,
-    model_identity,
-    output_status,
-    read_manifest,
-    remove_stale_temps,
-    settings_diff,
-    settings_hash,
 )
+from ccsr.outdir import acquire_lock, probe_writable, remove_created, remove_orphan_temps
 from ccsr.runlog import (
-    Failure,
     RunLog,
     Tally,
     environment,
     now_iso,
     rank_file,
-    read_run_json,
     summary_line,
     write_records,
 )
 from ccsr.upscale_config import UpscaleConfig, resolve_model_root
-from ccsr.upscale_loop import Job, RunDir, Task, process
+from ccsr.upscale_loop import RunDir, process
+from ccsr.upscale_plan import Scan, discover_inputs, input_dirs, plan_jobs, scan_inputs
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
-    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed, 2 refused, 130 interrupted).
+    """Run ``cfg``; returns the exit status (0 ok, 1 some inputs failed or the output folder stopped
+    taking files, 2 refused, 130 interrupted).
 
     ``pipe``: a pipeline already loaded by :func:`load_pipeline` for the same model, device and
     precision (``ccsr app`` keeps one across runs); None loads it when there is work to do."""
     wall0 = time.perf_counter()
     started = now_iso()
+    main = launch_rank() == 0
+    lock = None
+    created: list[Path] = []
+    status = EXIT_USAGE
+    try:  # every check that needs no model (nor torch) comes first
+        found, runs = discover_inputs(cfg)
+        for run in runs:
+            created += probe_writable(run.dir)
+        if main:
+            lock = acquire_lock(Path(cfg.output), sys.argv, started)
+        scan = scan_inputs(cfg, found, runs)
+        if main:
+            remove_orphan_temps([Path(cfg.output)], exclude=input_dirs(cfg))
+        status = _run(cfg, scan, wall0, started, pipe)
+        return status
+    except InputError as e:
+        if main:
+            print(f"ccsr upscale: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if lock is not None:
+            lock.release()
+        if status == EXIT_USAGE and main:  # refused: an output folder this run created goes again
+            remove_created(created)
+
+
+def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str, pipe=None) -> int:
     try:
         state, device = _init_state(cfg.device)
     except InputError as e:
@@ -71,26 +99,37 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
     log = RunLog(cfg.quiet, cfg.log_jsonl, rank)
     try:
         try:
-            runs, jobs, pre_failures, identity, dtype_name, notes = _plan(cfg, device)
+            jobs, identity, dtype_name = plan_jobs(cfg, device, scan)
         except InputError as e:
             if rank == 0:
                 print(f"ccsr upscale: error: {e}", file=sys.stderr)
             return EXIT_USAGE
+        runs, pre_failures = scan.runs, scan.failures
         todo = [j for j in jobs if j.tasks]
-        skipped_images = len(jobs) - len(todo)
-        shard = todo[rank::world]
+        owner: dict[Path, int] = {}  # all frames of an input go to one process, which puts them together
+        for j in todo:
+            owner.setdefault(j.file.path, len(owner) % world)
+        n_files = len({j.file.path for j in jobs})
+        skipped_images = n_files - len(owner)
+        shard = [j for j in todo if owner[j.file.path] == rank]
         out_root = Path(cfg.output)
         if rank == 0:
-            for run in runs:
-                run.dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps([out_root], exclude=_input_dirs(cfg))
-            log.event("start", inputs=len(jobs) + len(pre_failures), to_do=len(todo), processes=world)
+            estimate = sum(output_pixels(s, cfg.scale) for p in owner for s in scan.sizes.get(p, ()))
+            log.event(
+                "start",
+                inputs=n_files + len(pre_failures),
+                to_do=len(todo),
+                processes=world,
+                output_megapixels=round(estimate / 1e6, 3),
+            )
             if skipped_images:
                 log.say(
                     f"skipping {skipped_images} images whose outputs are done (settings match; --overwrite redoes them)"
                 )
-            for note in notes:
+            for note in scan.notes:
                 log.say(note)
+            if todo:
+                log.say(f"to do: {len(owner)} images, about {mp(estimate)} of output in all")
         state.wait_for_everyone()
         for run in runs:
             run.writer = ManifestWriter(run.dir / MANIFEST)
@@ -114,12 +153,13 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
         log.close_bar()
         total = _gather(tally, state, out_root)
         if rank != 0:
-            return EXIT_INTERRUPTED if tally.interrupted else (EXIT_FAILURES if tally.failures else EXIT_OK)
+            return _exit_status(tally)
         wall = time.perf_counter() - wall0
+        status = "interrupted" if total.interrupted else ("stopped" if total.stopped else "complete")
         base = {
             "ccsr_version": _version(),
             "command": sys.argv,
-            "status": "interrupted" if total.interrupted else "complete",
+            "status": status,
             "started": started,
             "finished": now_iso(),
             "inputs": [str(p) for p in cfg.inputs],
@@ -141,7 +181,46 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
                 else None,
             },
         }
-        for run in runs:
+        _finish(cfg, runs, total, base, n_files + len(pre_failures), skipped_images, log)
+        status = _exit_status(total)
+        if cfg.report and not total.interrupted and not total.stopped:
+            status = max(status, _report(cfg))
+        return status
+    finally:
+        log.close()
+
+
+def launch_rank() -> int:
+    """This process's rank under ``accelerate launch`` / torchrun / MPI, read from the environment
+    (before torch is imported); 0 for a plain run."""
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _exit_status(t: Tally) -> int:
+    return EXIT_INTERRUPTED if t.interrupted else (EXIT_FAILURES if t.failures or t.stopped else EXIT_OK)
+
+
+def _finish(
+    cfg: UpscaleConfig,
+    runs: list[RunDir],
+    total: Tally,
+    base: dict,
+    n_inputs: int,
+    skipped_images: int,
+    log: RunLog,
+) -> None:
+    """Records and summary of the main process; a folder that stopped taking files still gets the summary."""
+    status = base["status"]
+    load_s, wall = base["timings"]["model_load_s"], base["timings"]["wall_s"]
+    if total.stopped:
+        base["stop_reason"] = total.stopped
+    unwritten = []
+    for run in runs:
+        try:
             compact_manifest(run.dir)
             write_records(
                 run.dir,
@@ -150,171 +229,26 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
                 total,
                 run.skipped,
             )
-        per_image = consistency_run.outputs_per_image(cfg) * len(cfg.steps)
-        line = summary_line(total, skipped_images, len(jobs) + len(pre_failures), wall, load_s, per_image)
-        log_summary = {
-            **base["timings"],
-            "done": total.images_done,
-            "skipped": skipped_images,
-            "failed": len({f.input for f in total.failures}),
-        }
-        log.event("summary", **log_summary)
-        if not cfg.quiet:
-            print(line)
-            if total.failures:
-                print(f"  failures listed in {', '.join(str(r.dir / FAILURES) for r in runs)}")
-        status = EXIT_INTERRUPTED if total.interrupted else (EXIT_FAILURES if total.failures else EXIT_OK)
-        if cfg.report and not total.interrupted:
-            status = max(status, _report(cfg))
-        return status
-    finally:
-        log.close()
-
-
-# ---------------------------------------------------------------------------------------------- planning
-def _plan(cfg: UpscaleConfig, device) -> tuple[list[RunDir], list[Job], list[Failure], dict, str, list[str]]:
-    from ccsr.models.loading import check_base_matches, recommended_settings, resolve_paths
-    from ccsr.pipeline import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
-    from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
-
-    ext = OUTPUT_FORMATS[cfg.output_format][0]
-    found = discover(cfg.inputs, cfg.output, cfg.recursive)
-    files, collisions = assign_outputs(found.files, ext)
-    failures = [Failure(p, r) for p, r in found.failures + collisions]
-    notes = []
-    if found.ignored_subfolders:
-        notes.append(
-            f"note: {found.ignored_subfolders} sub-folders not scanned (pass --recursive to include them)"
-        )
-    out_root = Path(cfg.output)
-    multi = len(cfg.steps) > 1
-    runs = [RunDir(s, out_root / f"steps{s}" if multi else out_root) for s in cfg.steps]
-
-    def rel_for(f: InputFile, k: int) -> str:
-        return (f"sample{k:02d}/" if cfg.samples > 1 else "") + f.output_rel(ext)
-
-    if not files and not failures:
-        raise InputError(
-            f"no images found in {', '.join(map(str, cfg.inputs))} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
-            + ("; sub-folders need --recursive)" if found.ignored_subfolders else ")")
-        )
-    planned = [r.dir / name for r in runs for name in (RUN_JSON, MANIFEST, FAILURES)]
-    planned += [
-        r.dir / rel
-        for r in runs
-        for f in files
-        for rel in consistency_run.output_rels(cfg, f.output_rel(ext), lambda k, f=f: rel_for(f, k))
-    ]
-    check_writable(planned, out_root, found)
-
-    try:
-        root = resolve_model_root(cfg.model)
-        paths = resolve_paths(root, cfg.base, cfg.controlnet, cfg.vae)
-        check_base_matches(paths)
-        recommended = recommended_settings(paths.root)  # the model folder's inference_defaults.json
-        color_fix = cfg.color_fix or recommended["color_fix"]
-        postprocess = cfg.postprocess or recommended["postprocess"]
-        tile_window = cfg.tile_window or recommended["tile_window"]
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(f"--model {cfg.model}: {e}") from None
-    try:
-        consistency_run.check_available(cfg)
-    except ValueError as e:
-        raise InputError(f"--consensus-distance {cfg.consensus_distance}: {e}") from None
-    identity = model_identity(paths.as_dict())
-    dtype_name = cfg.resolved_precision(device.type)
-    for run in runs:
-        preset = preset_for_steps(run.steps)
-        n = cfg.num_inference_steps or preset.num_inference_steps
-        t_max = preset.t_max if cfg.t_max is None else cfg.t_max
-        t_min = preset.t_min if cfg.t_min is None else cfg.t_min
-        try:  # fail before any work on a schedule the reference would crash on
-            make_schedule(leading_timesteps(n), t_max, t_min, cfg.start_timestep)
-        except ValueError as e:
-            raise InputError(f"steps {run.steps}: {e}") from None
-        run.settings = {
-            "model": {k: v["sha256"] for k, v in identity.items()},
-            "steps": run.steps,
-            "num_inference_steps": n,
-            "t_max": t_max,
-            "t_min": t_min,
-            "guidance_scale": preset.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
-            "start_timestep": cfg.start_timestep,
-            "start_point": cfg.start_point,
-            "prompt": DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt,
-            "negative_prompt": DEFAULT_NEGATIVE_PROMPT
-            if cfg.negative_prompt is None
-            else cfg.negative_prompt,
-            "scale": cfg.scale,
-            "process_size": cfg.process_size,
-            "color_fix": color_fix,
-            "postprocess": postprocess,
-            "tile_window": tile_window,
-            "precision": dtype_name,
-            "tiling": cfg.tiling_settings(),
-            "format": cfg.output_format,
-            "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
-        }
-        if consistency_run.select_settings(cfg):
-            run.settings["select"] = consistency_run.select_settings(cfg)
-        run.hash = settings_hash(run.settings)
-
-    manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
-    jobs, conflicts = [], []
-    for f in files:
-        try:
-            st = f.path.stat()
         except OSError as e:
-            failures.append(Failure(str(f.path), f"cannot be read: {e.strerror or e}"))
-            continue
-        tasks = []
-        for run in runs:
-
-            def todo(rel: str, seed: int, settings: str, run=run, st=st) -> bool:
-                want = Expected(settings, seed, st.st_size, st.st_mtime_ns)
-                status, why = output_status(run.dir, rel, manifests[id(run)].get(rel), want)
-                if status == "done" and not cfg.overwrite:
-                    run.skipped += 1
-                elif status == "conflict" and not cfg.overwrite:
-                    conflicts.append((run, rel, why))
-                else:
-                    return True
-                return False
-
-            if consistency_run.active(cfg):
-                tasks += consistency_run.plan_tasks(
-                    run, f.output_rel(ext), cfg, lambda k, f=f: rel_for(f, k), todo
-                )
-            else:
-                tasks += [
-                    Task(run, k, rel_for(f, k))
-                    for k in range(cfg.samples)
-                    if todo(rel_for(f, k), cfg.seed + k, run.hash)
-                ]
-        jobs.append(Job(f, tasks))
-    if conflicts:
-        raise InputError(_conflict_message(conflicts))
-    return runs, jobs, failures, identity, dtype_name, notes
-
-
-def _conflict_message(conflicts: list[tuple[RunDir, str, str]]) -> str:
-    lines = [f"{len(conflicts)} outputs already exist and were not made by this exact command:"]
-    for run, rel, why in conflicts[:5]:
-        lines.append(f"  {run.dir / rel}: {why}")
-    if len(conflicts) > 5:
-        lines.append(f"  ... and {len(conflicts) - 5} more")
-    run = conflicts[0][0]
-    old = read_run_json(run.dir).get("settings_history", {})
-    for why in {w for _, _, w in conflicts if "made with settings" in w}:
-        prev = old.get(why.split()[3].rstrip(","))
-        if prev:
-            lines.append("  settings that differ: " + "; ".join(settings_diff(prev, run.settings)[:8]))
-    lines.append("Pass --overwrite to replace them, or choose another OUTPUT_DIR. Nothing was written.")
-    return "\n".join(lines)
-
-
-def _input_dirs(cfg: UpscaleConfig) -> list[Path]:
-    return [Path(p).resolve() for p in cfg.inputs if Path(p).is_dir()]
+            unwritten.append(f"{run.dir / RUN_JSON} ({e.strerror or e})")
+    per_image = consistency_run.outputs_per_image(cfg) * len(cfg.steps)
+    line = summary_line(total, skipped_images, n_inputs, wall, load_s, per_image)
+    log.event(
+        "summary",
+        **base["timings"],
+        done=total.images_done,
+        skipped=skipped_images,
+        failed=len({f.input for f in total.failures}),
+        status=status,
+    )
+    if unwritten:
+        print(f"ccsr upscale: error: could not write the run record {', '.join(unwritten)}", file=sys.stderr)
+    if not cfg.quiet or total.stopped:
+        print(line)
+        if total.failures and not cfg.quiet:
+            print(
+                f"  failures listed in {', '.join(str(r.dir / FAILURES_JSONL) for r in runs)} (and failures.txt)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- devices

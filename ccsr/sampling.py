@@ -55,6 +55,7 @@ class Tiles:
     stride: int
     batch: int = 1
     window: str = "reference"
+    progress: Callable[[int], None] | None = None  # called with the tiles of each network call
 
 
 def _model_output(
@@ -75,7 +76,7 @@ def _model_output(
 
         if tiles is None:
             return fn(x, z_lr)
-        return tiled_apply(fn, x, z_lr, tiles.size, tiles.stride, tiles.batch, tiles.window)
+        return tiled_apply(fn, x, z_lr, tiles.size, tiles.stride, tiles.batch, tiles.window, tiles.progress)
 
     return at
 

@@ -73,13 +73,15 @@ def tiled_apply(
     stride: int,
     batch_tiles: int = 1,
     window: str = "symmetric",
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Apply ``fn(x_tile, cond_tile) -> out_tile`` over overlapping tiles and blend with Gaussian weights.
 
     ``x`` and ``cond`` are ``(B, C, H, W)`` on the same grid; the output has ``fn``'s channel count.
     Up to ``batch_tiles`` tiles are concatenated along the batch axis into one call. ``window``: see
     :func:`gaussian_weights`. Accumulation is float32 (with ``"reference"`` each weighted tile is formed in
-    float64 first, as the authors' float64 weights promote it); the result is float32.
+    float64 first, as the authors' float64 weights promote it); the result is float32. ``progress(n)``
+    is called after each call with its ``n`` tiles.
     """
     b, _, h, w = x.shape
     if cond.shape[-2:] != (h, w):
@@ -88,7 +90,10 @@ def tiled_apply(
         raise ValueError(f"batch_tiles={batch_tiles} must be >= 1")
     windows = tile_windows(h, w, tile, stride)
     if len(windows) == 1:
-        return fn(x, cond).float()
+        out1 = fn(x, cond).float()
+        if progress is not None:
+            progress(1)
+        return out1
     weight = gaussian_weights(windows[0][2], windows[0][3], window=window).to(x.device)
     out: torch.Tensor | None = None
     total = torch.zeros((1, 1, h, w), device=x.device, dtype=torch.float32)
@@ -102,5 +107,7 @@ def tiled_apply(
         for k, (y, xx, th, tw) in enumerate(group):
             out[:, :, y : y + th, xx : xx + tw] += res[k * b : (k + 1) * b] * weight
             total[:, :, y : y + th, xx : xx + tw] += weight
+        if progress is not None:
+            progress(len(group))
     assert out is not None
     return out / total

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
 from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
 from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
+FRAMES = ("all", "first")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class UpscaleConfig:
     recursive: bool = False
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # limits the output and the model's canvas
+    frames: str = "all"  # multi-page TIFF and animations: "all" frames, or the "first" only (ccsr.frames)
     workers: int | None = None  # None: resolved_workers() picks for the device
     channels_last: bool = False  # speed only: not part of a run's settings (outputs equal up to rounding)
     compile: bool = False
@@ -144,6 +148,8 @@ class UpscaleConfig:
         )
         need(1 <= self.quality <= 100, f"--quality {self.quality} must be within 1..100")
         need(self.max_pixels > 0, f"--max-pixels {self.max_pixels} must be positive")
+        need(self.frames in FRAMES, f"--frames {self.frames!r}: choose one of {FRAMES}")
+        need(self.max_output_pixels > 0, f"--max-output-pixels {self.max_output_pixels} must be positive")
         need(
             self.workers is None or self.workers >= 0,
             f"--workers {self.workers} must be >= 0 (0: no background threads)",

@@ -9,6 +9,8 @@ holds at most ``2 * workers`` decoded images and ``2 * workers`` finished ones.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
+import functools
 import hashlib
 import os
 import signal
@@ -24,18 +26,18 @@ from PIL import Image
 
 from ccsr.consistency_run import derive_output
 from ccsr.discovery import InputFile
-from ccsr.io import (
-    ImageData,
-    ImageReadError,
-    atomic_write,
-    encode_image,
-    read_image,
-    resize_alpha,
-    to_output_pixels,
-)
+from ccsr.encode import encode_image, resize_alpha, to_output_pixels
+from ccsr.frames import assemble, frame_rel, remove_frames
+from ccsr.io import ImageData, ImageReadError, atomic_write, read_image
+from ccsr.limits import Header
 from ccsr.manifest import ManifestWriter
 from ccsr.runlog import Failure, RunLog, Tally, now_iso
 from ccsr.upscale_config import UpscaleConfig
+
+#: Write errors that are about the folder, not the image: the run stops after the image in progress.
+FOLDER_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+)
 
 
 @dataclass
@@ -48,11 +50,12 @@ class RunDir:
     hash: str = ""
     skipped: int = 0
     writer: ManifestWriter | None = None
+    assembled: set[str] = field(default_factory=set)  # multi-frame outputs put together by this process
 
 
 @dataclass(frozen=True)
 class Task:
-    """One output to make: sample ``sample`` of an image into ``run``.
+    """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``.
 
     With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.consistency_run`) a sample may be computed
     only to derive other outputs (``rel`` None: not written), and ``kind`` names a derived output
@@ -61,17 +64,20 @@ class Task:
 
     run: RunDir
     sample: int
-    rel: str | None  # output path relative to the run folder; None: computed, not written
+    rel: str | None  # output path relative to the run folder (a frame file for a frame); None: not written
     kind: str = "sample"
     settings: str | None = None  # settings hash recorded for this output (default: the run's)
+    final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.frames)
 
 
 @dataclass
 class Job:
-    """One input image and the outputs it still needs."""
+    """One input image (or one frame of a multi-frame input) and the outputs it still needs."""
 
     file: InputFile
     tasks: list[Task]
+    frame: int = 0
+    header: Header | None = None  # frame sizes, durations and loop of a multi-frame input
 
 
 @dataclass
@@ -88,7 +94,7 @@ def _read(job: Job, cfg: UpscaleConfig) -> Loaded | str:
     """Runs in a reader thread: decode, build the model input, upscale alpha. A str is a failure reason."""
     try:
         st = job.file.path.stat()
-        img = read_image(job.file.path, cfg.max_pixels)
+        img = read_image(job.file.path, cfg.max_pixels, job.frame)
         alpha = None
         if img.alpha is not None:
             alpha = resize_alpha(img.alpha, (img.size[0] * cfg.scale, img.size[1] * cfg.scale))
@@ -132,7 +138,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     readers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-read") if workers else None
     writers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
     slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting to be written
-    done: list[str] = []  # inputs whose outputs were all computed (writes may still fail)
+    done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
     lock = threading.Lock()
     log.start_bar(len(shard))
     loop0 = time.perf_counter()
@@ -140,6 +146,8 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     restore = _sigterm_as_interrupt()
     try:
         for job, loaded in _prefetch(shard, lambda j: _read(j, cfg), readers, max(2, 2 * workers)):
+            if tally.stopped:  # the output folder stopped taking files: no new image is started
+                break
             started += 1
             if isinstance(loaded, str):
                 _fail(tally, log, Failure(str(job.file.path), loaded), lock)
@@ -152,7 +160,8 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
             for task in [t for t in job.tasks if t.kind == "sample"] + derived:
                 try:
                     if task.kind == "sample":
-                        sr, info = _upscale(pipe, loaded, task, cfg)
+                        on_tile = functools.partial(log.tile, job.file.rel)
+                        sr, info = _upscale(pipe, loaded, task, cfg, on_tile)
                     else:
                         sr, info = derive_output(task, kept, cfg)
                 except Exception as e:  # one image's model failure must not end a 10k-image run
@@ -170,10 +179,11 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                     fut = writers.submit(_finish_write, job, task, loaded, sr, info, cfg, tally, log, lock)
                     fut.add_done_callback(lambda _f: slots.release())
             if ok == len(job.tasks):
-                done.append(str(job.file.path))
+                done.add(str(job.file.path))
                 with lock:
                     tally.image_seconds.append(time.perf_counter() - t0)
-                log.image_done(job.file.rel, time.perf_counter() - t0, ok)
+                label = job.file.rel + (f" [frame {job.frame + 1}/{job.header.frames}]" if job.header else "")
+                log.image_done(label, time.perf_counter() - t0, ok)
             else:
                 log.image_failed()
     except KeyboardInterrupt:
@@ -181,6 +191,8 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
         tally.not_started = len(shard) - started
         log.say("interrupted: finishing the outputs already computed (no partial files are left)")
     finally:
+        if tally.stopped:
+            tally.not_started = len(shard) - started
         restore()
         if readers is not None:
             readers.shutdown(wait=True, cancel_futures=True)
@@ -213,9 +225,11 @@ def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
     log.failure(f)
 
 
-def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.ndarray, dict]:
+def _upscale(
+    pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
+) -> tuple[np.ndarray, dict]:
     """One (image, sample) through the pipeline: ``(3, H, W)`` float32 in ``[0, 1]`` at the output size,
-    plus what the manifest records about how it was made."""
+    plus what the manifest records about how it was made. ``on_tile(done, total)`` reports tiled progress."""
     import torch
 
     from ccsr.image import plan_resize
@@ -245,7 +259,9 @@ def _upscale(pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig) -> tuple[np.n
 
     def call(tiled: bool, vae: bool):
         gen = torch.Generator("cpu").manual_seed(cfg.seed + task.sample)
-        tile = dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride) if tiled else {}
+        tile = (
+            dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride, tile_callback=on_tile) if tiled else {}
+        )
         return pipe(loaded.model_input, generator=gen, vae_tiling=vae, **tile, **kwargs)
 
     try:
@@ -284,34 +300,16 @@ def _finish_write(
     try:
         if isinstance(sr, Image.Image):  # a rendered picture (the uncertainty heat map): plain PNG
             data, notes = encode_image(np.asarray(sr.convert("RGB")), None, "png")
-        else:
+        elif task.final is None:
             pixels = to_output_pixels(sr, img.gray, img.bit_depth)
             data, notes = encode_image(
                 pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
             )
-        st_in = loaded.input_stat
-        entry = {
-            "input": job.file.rel,
-            "source": str(job.file.path),
-            "output": task.rel,
-            "sample": task.sample,
-            "seed": cfg.seed + task.sample,
-            "steps": task.run.steps,
-            "settings": task.settings or task.run.hash,
-            "input_bytes": st_in.st_size,
-            "input_mtime_ns": st_in.st_mtime_ns,
-            "input_sha256": img.sha256,
-            "output_sha256": hashlib.sha256(data).hexdigest(),
-            "finished": now_iso(),
-            **info,
-        }
-
-        def record(st) -> None:
-            if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
-                out.unlink()
-            task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
-
-        atomic_write(out, data, record)
+        else:  # a frame waits losslessly for the others (ccsr.frames)
+            data, notes = encode_image(to_output_pixels(sr, img.gray, img.bit_depth), loaded.alpha, "png")
+        _write_recorded(out, data, task, _entry(job, task, loaded, cfg, data, notes, info))
+        if task.final is not None:
+            notes = _assemble_when_complete(job, task, loaded, cfg, lock)
     except Exception as e:
         _fail(
             tally,
@@ -319,13 +317,77 @@ def _finish_write(
             Failure(str(job.file.path), f"could not write {out}: {_reason(e)}", _steps_of(cfg, task)),
             lock,
         )
+        if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:
+            with lock:
+                tally.stopped = tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
         return
     with lock:
-        tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
-        for n in notes:
+        if task.final is None or notes is not None:
+            tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
+        for n in notes or ():
             if n not in tally.notes:
                 tally.notes.append(n)
                 log.say(f"note: {n}")
+
+
+def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes, notes, info: dict) -> dict:
+    """The manifest line of one output (without the final file's size and mtime)."""
+    st_in = loaded.input_stat
+    entry = {
+        "input": job.file.rel,
+        "source": str(job.file.path),
+        "output": task.rel,
+        "sample": task.sample,
+        "seed": cfg.seed + task.sample,
+        "steps": task.run.steps,
+        "settings": task.settings or task.run.hash,
+        "input_bytes": st_in.st_size,
+        "input_mtime_ns": st_in.st_mtime_ns,
+        "input_sha256": loaded.image.sha256,
+        "output_sha256": hashlib.sha256(data).hexdigest(),
+        "finished": now_iso(),
+        **info,
+    }
+    if task.final is not None:
+        entry["frame"] = job.frame
+    if notes:
+        entry["notes"] = notes  # what this output could not keep (alpha, bits, metadata)
+    return entry
+
+
+def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
+    """Atomic write of ``out``, listed in the manifest before it appears under its name."""
+
+    def record(st) -> None:
+        if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
+            out.unlink()
+        task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
+
+    atomic_write(out, data, record)
+
+
+_ASSEMBLY = threading.Lock()
+
+
+def _assemble_when_complete(
+    job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, lock: threading.Lock
+) -> list[str] | None:
+    """After a frame is written: when every frame of ``task.final`` is on disk, write the multi-frame
+    output and remove the frame files. Returns the notes of the output written, or None (not yet)."""
+    header = job.header
+    run = task.run
+    with _ASSEMBLY:  # frames finish in several writer threads: one of them puts them together
+        if task.final in run.assembled:
+            return None
+        if not all((run.dir / frame_rel(task.final, k)).is_file() for k in range(header.frames)):
+            return None
+        data, notes = assemble(run.dir, task.final, header, cfg.quality)
+        whole = Task(run, task.sample, task.final)
+        entry = _entry(job, whole, loaded, cfg, data, notes, {"frames": header.frames})
+        _write_recorded(run.dir / task.final, data, whole, entry)
+        run.assembled.add(task.final)
+        remove_frames(run.dir, task.final, header.frames)
+    return notes
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:

@@ -55,6 +55,12 @@ def tiny_pipe(tiny_model_dir):
 
 
 @pytest.fixture()
+def common(tiny_model_dir):
+    """Fast ``ccsr upscale`` settings: x2, process size 32 (16 px inputs stay 16 px), the tiny model."""
+    return ["--model", str(tiny_model_dir), "--scale", "2", "--process-size", "32"]
+
+
+@pytest.fixture()
 def photo():
     """A real 48x32 RGB photograph crop (scikit-image's astronaut), as a PIL image."""
     from PIL import Image

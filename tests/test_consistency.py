@@ -15,7 +15,7 @@ from ccsr.consistency import (
     render_heatmap,
     uncertainty_map,
 )
-from ccsr.io import to_output_pixels
+from ccsr.encode import to_output_pixels
 from ccsr.metrics.stability import l_std
 
 

@@ -11,15 +11,8 @@ import pytest
 from helpers import png_header_only
 from PIL import Image, ImageCms, ImageOps
 
-from ccsr.io import (
-    ImageReadError,
-    atomic_write,
-    encode_image,
-    is_temp_file,
-    read_image,
-    resize_alpha,
-    to_output_pixels,
-)
+from ccsr.encode import encode_image, resize_alpha, to_output_pixels
+from ccsr.io import ImageReadError, atomic_write, is_temp_file, read_image
 
 
 @pytest.fixture()
@@ -227,3 +220,22 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
     assert target.read_bytes() == b"new content"  # old file kept whole
     assert [p.name for p in target.parent.iterdir()] == ["out.png"]  # no temp file left behind
     assert is_temp_file(".out.png.ccsr-tmp-12-34") and not is_temp_file("out.png")
+
+
+def test_metadata_an_encoder_refuses_is_dropped_step_by_step(rgb):
+    exif = _exif(1)
+    exif[0x010E] = "x" * 70_000  # over JPEG's 64 KB EXIF segment
+    icc = _srgb_icc()
+    data, notes = encode_image(rgb, None, "jpg", icc_profile=icc, exif=exif.tobytes())
+    out = Image.open(io.BytesIO(data))
+    assert out.info["icc_profile"] == icc and dict(out.getexif()) == {0x0112: 1}
+    assert notes == [
+        "EXIF reduced to its orientation tag: the jpg encoder refused the metadata "
+        "(ValueError: EXIF data is too long); the image was written"
+    ]
+    huge_icc = icc + b"\0" * (256 * 65519)  # more than the 255 APP2 segments a JPEG can hold
+    data, notes = encode_image(rgb, None, "jpg", icc_profile=huge_icc, exif=_exif(1).tobytes())
+    out = Image.open(io.BytesIO(data))
+    assert out.info.get("icc_profile") is None and out.getexif().get(0x010F) == "CCSR-Test-Camera"
+    assert len(notes) == 1 and notes[0].startswith("ICC profile dropped") and "over JPEG's" in notes[0]
+    assert out.size == (40, 24)  # the pixels are always written

@@ -69,12 +69,6 @@ def manifest_lines(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "manifest.jsonl").read_text().splitlines() if ln.strip()]
 
 
-@pytest.fixture()
-def common(tiny_model_dir):
-    """Fast settings: x2, process size 32 (16 px inputs stay 16 px), the tiny model."""
-    return ["--model", str(tiny_model_dir), "--scale", "2", "--process-size", "32"]
-
-
 def run(capsys, *argv) -> tuple[int, str, str]:
     rc = ccsr_main(["upscale", *map(str, argv)])
     cap = capsys.readouterr()

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ccsr.io import DEFAULT_MAX_PIXELS, ImageReadError, png_add_text, read_image
+from ccsr.encode import png_add_text
+from ccsr.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from ccsr.runner import load_pipeline, run_upscale
 from ccsr.upscale_config import UpscaleConfig
 

@@ -25,7 +25,7 @@ def stats(values: list[float]) -> dict:
 
 def png_bytes(image: Image.Image) -> bytes:
     """The PNG a folder run writes for this output (``ccsr upscale``'s encoder)."""
-    from ccsr.io import encode_image
+    from ccsr.encode import encode_image
 
     return encode_image(np.asarray(image), None, "png")[0]
 

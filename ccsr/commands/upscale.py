@@ -22,15 +22,18 @@ examples:
   accelerate launch -m ccsr upscale photos/ out/ --model M           # one share of the images per GPU
 
 Re-running the same command resumes: finished outputs are skipped, and an existing output made with
-other settings stops the run unless --overwrite is given. Exit status: 0 all done, 1 some inputs
-failed (listed in OUTPUT_DIR/failures.txt), 2 nothing was run (bad arguments), 130 interrupted.
+other settings stops the run unless --overwrite is given. One run per OUTPUT_DIR at a time. Exit
+status: 0 all done, 1 some inputs failed (listed in OUTPUT_DIR/failures.jsonl and failures.txt) or the
+output folder stopped taking files mid-run, 2 nothing was run (bad arguments, unwritable or busy
+OUTPUT_DIR), 130 interrupted.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+    from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
     from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
-    from ccsr.upscale_config import PRECISIONS, TILING_MODES
+    from ccsr.upscale_config import FRAMES, PRECISIONS, TILING_MODES
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
@@ -138,6 +141,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PIXELS,
         help="refuse larger inputs (decompression-bomb guard)",
     )
+    g.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_PIXELS,
+        help="refuse an input whose output, or the canvas the model works on, is larger (default 64 MP)",
+    )
+    g.add_argument(
+        "--frames",
+        choices=FRAMES,
+        default="all",
+        help="multi-page TIFF and animated GIF/WebP/PNG: upscale every frame (all), or the first only",
+    )
     g = parser.add_argument_group("execution")
     g.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (auto: the process's accelerator)"
@@ -220,7 +235,7 @@ def config_from_args(args: argparse.Namespace):
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
         "guidance_scale prompt negative_prompt scale process_size color_fix postprocess tile_window seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
-        "max_pixels workers channels_last compile quiet log_jsonl report report_gt"
+        "max_pixels max_output_pixels frames workers channels_last compile quiet log_jsonl report report_gt"
     ).split()
     return UpscaleConfig(
         inputs=tuple(args.paths[:-1]),
