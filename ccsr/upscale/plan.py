@@ -1,4 +1,4 @@
-"""Planning a folder run (steps 0 and 1 of :mod:`ccsr.runner`): which inputs, which outputs, which of
+"""Planning a folder run (steps 0 and 1 of :mod:`ccsr.upscale.run`): which inputs, which outputs, which of
 them are done, and every check that needs no model, before the model is loaded."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccsr import consistency_run
-from ccsr.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
-from ccsr.frames import container_ext, frame_rel
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
-from ccsr.limits import Header, read_header, size_problem
-from ccsr.manifest import (
+from ccsr.upscale import derived
+from ccsr.upscale.config import UpscaleConfig, resolve_model_root
+from ccsr.upscale.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
+from ccsr.upscale.frames import container_ext, frame_rel
+from ccsr.upscale.limits import Header, read_header, size_problem
+from ccsr.upscale.loop import Job, RunDir, Task
+from ccsr.upscale.manifest import (
     FAILURES,
     FAILURES_JSONL,
     MANIFEST,
@@ -23,9 +25,7 @@ from ccsr.manifest import (
     settings_diff,
     settings_hash,
 )
-from ccsr.runlog import Failure, read_run_json
-from ccsr.upscale_config import UpscaleConfig, resolve_model_root
-from ccsr.upscale_loop import Job, RunDir, Task
+from ccsr.upscale.runlog import Failure, read_run_json
 
 
 @dataclass
@@ -59,7 +59,7 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
     """Headers (sizes, frames), output names, overlap with inputs, size limits: all before torch."""
     headers = {f.path: read_header(f.path) for f in found.files}
     ext = OUTPUT_FORMATS[cfg.output_format][0]
-    frames = "first" if consistency_run.active(cfg) else cfg.frames  # samples of one frame are compared
+    frames = "first" if derived.active(cfg) else cfg.frames  # samples of one frame are compared
 
     def ext_for(f: InputFile) -> str:
         return container_ext(headers[f.path], cfg.output_format, frames) or ext
@@ -76,7 +76,7 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
         r.dir / rel
         for r in runs
         for f in files
-        for rel in consistency_run.output_rels(
+        for rel in derived.output_rels(
             cfg, f.output_rel(ext_for(f)), lambda k, f=f: _rel_for(cfg, f, k, ext_for(f))
         )
     ]
@@ -133,7 +133,7 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
     try:
-        consistency_run.check_available(cfg)
+        derived.check_available(cfg)
     except ValueError as e:
         raise InputError(f"--consensus-distance {cfg.consensus_distance}: {e}") from None
     identity = model_identity(paths.as_dict())
@@ -171,8 +171,8 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
             "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
             "frames": cfg.frames,
         }
-        if consistency_run.select_settings(cfg):
-            run.settings["select"] = consistency_run.select_settings(cfg)
+        if derived.select_settings(cfg):
+            run.settings["select"] = derived.select_settings(cfg)
         run.hash = settings_hash(run.settings)
 
     manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
@@ -199,8 +199,8 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
                     return True
                 return False
 
-            if consistency_run.active(cfg):
-                frames[0] += consistency_run.plan_tasks(
+            if derived.active(cfg):
+                frames[0] += derived.plan_tasks(
                     run, f.output_rel(out_ext), cfg, lambda k, f=f, e=out_ext: _rel_for(cfg, f, k, e), todo
                 )
                 continue
