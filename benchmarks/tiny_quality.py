@@ -175,8 +175,8 @@ def main() -> int:
     from ccsr.data.tiny_data import EVAL_SETS, write_eval_sets
     from ccsr.metrics.iqa import load_metric
     from ccsr.metrics.stability import g_std, l_std
+    from ccsr.models.shipped import TINY_MODEL_DIR
     from ccsr.pipeline import CCSRPipeline
-    from ccsr.upscale.config import TINY_MODEL_DIR
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,8 +99,8 @@ def load_pipeline(settings: BenchSettings, dtype: torch.dtype, workdir: Path):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    from ccsr.models.shipped import resolve_model_root
     from ccsr.pipeline import CCSRPipeline
-    from ccsr.upscale.config import resolve_model_root
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
 from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
 from ccsr.upscale.limits import DEFAULT_MAX_OUTPUT_PIXELS
 

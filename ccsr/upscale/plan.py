@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
+from ccsr.models.shipped import resolve_model_root
 from ccsr.upscale import derived
-from ccsr.upscale.config import UpscaleConfig, resolve_model_root
+from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
 from ccsr.upscale.frames import container_ext, frame_rel
 from ccsr.upscale.limits import Header, read_header, size_problem

@@ -28,8 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from ccsr.models.shipped import resolve_model_root
 from ccsr.upscale import derived
-from ccsr.upscale.config import UpscaleConfig, resolve_model_root
+from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.discovery import InputError
 from ccsr.upscale.limits import mp, output_pixels
 from ccsr.upscale.loop import RunDir, process
