@@ -195,7 +195,8 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
                 if status == "done" and not cfg.overwrite:
                     run.skipped += 1
                 elif status == "conflict" and not cfg.overwrite:
-                    conflicts.append((run, rel, why))
+                    old_settings = (manifests[id(run)].get(rel) or {}).get("settings")
+                    conflicts.append((run, rel, why, old_settings if old_settings != settings else None))
                 else:
                     return True
                 return False
@@ -234,16 +235,17 @@ def _frame_tasks(run, k, rel, header, manifest, want, overwrite, frames: list[li
         frames[i].append(Task(run, k, frame_rel(rel, i), final=rel))
 
 
-def _conflict_message(conflicts: list[tuple[RunDir, str, str]]) -> str:
+def _conflict_message(conflicts: list[tuple[RunDir, str, str, str | None]]) -> str:
+    """The refusal: up to five conflicting outputs, then how each older settings hash differs from this run's."""
     lines = [f"{len(conflicts)} outputs already exist and were not made by this exact command:"]
-    for run, rel, why in conflicts[:5]:
+    for run, rel, why, _ in conflicts[:5]:
         lines.append(f"  {run.dir / rel}: {why}")
     if len(conflicts) > 5:
         lines.append(f"  ... and {len(conflicts) - 5} more")
     run = conflicts[0][0]
     old = read_run_json(run.dir).get("settings_history", {})
-    for why in {w for _, _, w in conflicts if "made with settings" in w}:
-        prev = old.get(why.split()[3].rstrip(","))
+    for old_hash in {h for *_, h in conflicts if h is not None}:
+        prev = old.get(old_hash)
         if prev:
             lines.append("  settings that differ: " + "; ".join(settings_diff(prev, run.settings)[:8]))
     lines.append("Pass --overwrite to replace them, or choose another OUTPUT_DIR. Nothing was written.")
