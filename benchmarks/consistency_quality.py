@@ -93,8 +93,8 @@ def main() -> int:
 
     from ccsr.data.tiny_data import EVAL_SETS, write_eval_sets
     from ccsr.metrics.iqa import load_metric
+    from ccsr.models.shipped import TINY_MODEL_DIR
     from ccsr.pipeline import CCSRPipeline
-    from ccsr.upscale_config import TINY_MODEL_DIR
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

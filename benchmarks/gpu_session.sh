@@ -77,7 +77,7 @@ if [ "$DEVICE" = cuda ]; then
   if [ ! -f $MODEL/unet/config.json ]; then
     $PY - >>"$LOG" 2>&1 <<EOF
 import time, torch
-from ccsr.models.full_size import build_full_size_pipeline
+from ccsr.bench.full_size import build_full_size_pipeline
 t = time.time()
 pipe = build_full_size_pipeline("$MODEL-tokenizer", torch_dtype=torch.float16)
 pipe.save_pretrained("$MODEL")

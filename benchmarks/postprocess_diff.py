@@ -28,9 +28,9 @@ def main() -> None:
     from skimage import data
 
     from ccsr.image import make_canvas, pil_to_tensor, plan_resize
+    from ccsr.models.shipped import resolve_model_root
     from ccsr.pipeline import CCSRPipeline
     from ccsr.postprocess import finish_images
-    from ccsr.upscale_config import resolve_model_root
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")

@@ -135,7 +135,7 @@ def figure(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], path:
             arr = (im.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             pil = Image.fromarray(arr)
             if pil.size[0] != tile:
-                pil = pil.resize((tile, tile), Image.NEAREST)
+                pil = pil.resize((tile, tile), Image.Resampling.NEAREST)
             canvas.paste(pil, (150 + j * (tile + pad), y))
     canvas.save(path)
 
@@ -175,8 +175,8 @@ def main() -> int:
     from ccsr.data.tiny_data import EVAL_SETS, write_eval_sets
     from ccsr.metrics.iqa import load_metric
     from ccsr.metrics.stability import g_std, l_std
+    from ccsr.models.shipped import TINY_MODEL_DIR
     from ccsr.pipeline import CCSRPipeline
-    from ccsr.upscale_config import TINY_MODEL_DIR
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,8 +204,8 @@ def main() -> int:
         names, lrs, gt = load_set(data, set_name)
         size = gt.shape[-1]
         rows = {}
-        bic = resized(lrs, size, Image.BICUBIC)
-        for label, baseline in (("bicubic", bic), ("lanczos", resized(lrs, size, Image.LANCZOS))):
+        bic = resized(lrs, size, Image.Resampling.BICUBIC)
+        for label, baseline in (("bicubic", bic), ("lanczos", resized(lrs, size, Image.Resampling.LANCZOS))):
             rows[label] = {m: float(v.mean()) for m, v in score(metrics, baseline, gt).items()}
         firsts = {}
         for k in args.steps:

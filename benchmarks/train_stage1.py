@@ -34,7 +34,7 @@ def write_photos(folder: Path, min_side: int) -> Path:
     for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field"):
         im = Image.fromarray(getattr(data, name)())
         s = max(1.0, min_side / min(im.size))
-        im.resize((round(im.width * s) + 1, round(im.height * s) + 1), Image.BICUBIC).save(
+        im.resize((round(im.width * s) + 1, round(im.height * s) + 1), Image.Resampling.BICUBIC).save(
             folder / f"{name}.png"
         )
     return folder
@@ -69,7 +69,7 @@ def build(model: str):
         from ccsr.models.tiny import build_tiny_components
 
         return build_tiny_components()
-    from ccsr.models.full_size import build_full_size_pipeline
+    from ccsr.bench.full_size import build_full_size_pipeline
 
     p = build_full_size_pipeline(tempfile.mkdtemp())
     return p.unet, p.controlnet, p.vae, p.text_encoder, p.tokenizer, p.scheduler

@@ -42,7 +42,7 @@ def write_models(model: str, root: Path) -> dict[str, Path]:
         feats, cond = save_tiny_backbones(root / "dino")
         net, trunk = "alex", torchvision.models.alexnet()
     else:
-        from ccsr.models.full_size import build_full_size_pipeline
+        from ccsr.bench.full_size import build_full_size_pipeline
 
         p = build_full_size_pipeline(root / "tok")
         comps = (p.unet, p.controlnet, p.vae, p.text_encoder, p.tokenizer, p.scheduler)

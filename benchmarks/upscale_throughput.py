@@ -4,7 +4,7 @@
     python benchmarks/upscale_throughput.py --model full --device cuda --images 20 --size 128 256 --workers 0 2 4
 
 Builds a folder of real photographs (scikit-image's samples, resized to ``--size`` squared), then runs
-the real command (``ccsr.runner.run_upscale``) once per worker setting into a fresh output folder,
+the real command (``ccsr.upscale.run.run_upscale``) once per worker setting into a fresh output folder,
 after one warm-up run. ``--workers 0`` decodes, runs the model and encodes PNGs strictly one after
 another in one thread; ``--workers N`` overlaps reading and writing with the model through N reader
 and N writer threads. Prints images per second of the work loop (``run.json`` timings: first read to
@@ -33,7 +33,7 @@ def make_inputs(folder: Path, n: int, size: int) -> Path:
         h, w = src.shape[:2]
         side = min(h, w) - 8 * (k // len(sources))  # a different crop for each repeat of a source
         crop = src[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
-        Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BICUBIC).save(
+        Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.Resampling.BICUBIC).save(
             folder / f"{k:03d}.png"
         )
     return folder
@@ -47,7 +47,7 @@ def make_model(kind: str, root: Path) -> str:
     if kind == "full":
         import torch
 
-        from ccsr.models.full_size import build_full_size_pipeline
+        from ccsr.bench.full_size import build_full_size_pipeline
 
         pipe = build_full_size_pipeline(root / "tokenizer", torch_dtype=torch.float16)
         pipe.save_pretrained(root / "full")
@@ -71,8 +71,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
 
-    from ccsr.runner import run_upscale
-    from ccsr.upscale_config import UpscaleConfig
+    from ccsr.upscale.config import UpscaleConfig
+    from ccsr.upscale.run import run_upscale
 
     tmp = Path(tempfile.mkdtemp(prefix="ccsr-bench-"))
     model = make_model(args.model, tmp)

@@ -146,7 +146,7 @@ _SCALARS: dict[Any, Callable[[Any], Any]] = {bool: _to_bool, int: _to_int, float
 
 def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = [k for k in data if k not in fields]
     if unknown:
         k = unknown[0]

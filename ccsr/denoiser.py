@@ -24,7 +24,7 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
     if hit is None or hit[0] != first:
         hit = (first, module.dtype)
         _DTYPES[module] = hit
-    return hit[1]
+    return hit[1]  # type: ignore[return-value]
 
 
 def denoise(

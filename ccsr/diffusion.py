@@ -61,7 +61,8 @@ def predict_x0(
         return a * x_t.float() - b * out
     if prediction_type == "sample":
         return out
-    return check_prediction_type(prediction_type)  # raises
+    check_prediction_type(prediction_type)  # raises: not one of PREDICTION_TYPES
+    raise AssertionError(prediction_type)
 
 
 def training_target(
@@ -80,4 +81,5 @@ def training_target(
         return a * noise.float() - b * x0.float()
     if prediction_type == "sample":
         return x0.float()
-    return check_prediction_type(prediction_type)  # raises
+    check_prediction_type(prediction_type)  # raises: not one of PREDICTION_TYPES
+    raise AssertionError(prediction_type)

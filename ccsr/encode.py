@@ -40,7 +40,7 @@ def to_output_pixels(sr: np.ndarray, gray: bool, bit_depth: int) -> np.ndarray:
 def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic resize of an alpha plane to ``size = (width, height)``, keeping its dtype."""
     peak = 65535.0 if alpha.dtype == np.uint16 else 255.0
-    plane = Image.fromarray(alpha.astype(np.float32) / peak, mode="F").resize(size, Image.BICUBIC)
+    plane = Image.fromarray(alpha.astype(np.float32) / peak, mode="F").resize(size, Image.Resampling.BICUBIC)
     return np.round(np.clip(np.asarray(plane), 0.0, 1.0) * peak).astype(alpha.dtype)
 
 

@@ -68,9 +68,9 @@ def make_canvas(image: Image.Image, plan: ResizePlan) -> Image.Image:
         raise ValueError(f"image is {image.size}, plan is for {plan.input_size}")
     img = image
     if plan.enlarged_size != plan.input_size:
-        img = img.resize(plan.enlarged_size, Image.BICUBIC)
-    img = img.resize(plan.upscaled_size, Image.BICUBIC)
-    return img.resize(plan.canvas_size, Image.BICUBIC)
+        img = img.resize(plan.enlarged_size, Image.Resampling.BICUBIC)
+    img = img.resize(plan.upscaled_size, Image.Resampling.BICUBIC)
+    return img.resize(plan.canvas_size, Image.Resampling.BICUBIC)
 
 
 def pad_canvas(canvas: torch.Tensor, pad: int) -> torch.Tensor:
@@ -113,9 +113,9 @@ def resize_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         for j in range(c):
             plane = Image.fromarray(np.ascontiguousarray(planes[i, j]))
             if size[0] != w:
-                plane = plane.resize((size[0], h), Image.BICUBIC)
+                plane = plane.resize((size[0], h), Image.Resampling.BICUBIC)
                 plane = Image.fromarray(np.clip(np.asarray(plane), 0.0, 1.0).astype(np.float32))
-            out[i, j] = np.asarray(plane.resize(size, Image.BICUBIC) if size[1] != h else plane)
+            out[i, j] = np.asarray(plane.resize(size, Image.Resampling.BICUBIC) if size[1] != h else plane)
     return torch.from_numpy(out).to(images.device)
 
 

@@ -69,7 +69,7 @@ class CCSRPipeline(DiffusionPipeline):
     @property
     def default_color_fix(self) -> str:
         """What ``color_fix=None`` means (``inference_defaults["color_fix"]``)."""
-        return self.inference_defaults["color_fix"]
+        return str(self.inference_defaults["color_fix"])
 
     @property
     def default_border_pad(self) -> int:
@@ -121,7 +121,7 @@ class CCSRPipeline(DiffusionPipeline):
         save_ccsr_controlnet(self.controlnet, os.path.join(root, "controlnet"), kind)
         own = {k: v for k, v in self.inference_defaults.items() if v != REFERENCE_DEFAULTS[k]}
         if own:
-            write_inference_defaults(root, **own)
+            write_inference_defaults(root, **own)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ speed
     def optimize(
@@ -290,8 +290,8 @@ class CCSRPipeline(DiffusionPipeline):
             )
         if color_fix is None:
             color_fix = self.default_color_fix
-        postprocess = check_postprocess(postprocess or self.inference_defaults["postprocess"])
-        tile_window = check_tile_window(tile_window or self.inference_defaults["tile_window"])
+        postprocess = check_postprocess(postprocess or str(self.inference_defaults["postprocess"]))
+        tile_window = check_tile_window(tile_window or str(self.inference_defaults["tile_window"]))
         color_fix = check_color_fix(color_fix)
         if start_point not in ("lr", "noise"):
             raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")

@@ -41,7 +41,7 @@ def reference_uint8(
     size = (int(output_size[0]), int(output_size[1]))
     if rounded.shape[2:0:-1] == size:
         return rounded
-    return np.stack([np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC)) for a in rounded])
+    return np.stack([np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BICUBIC)) for a in rounded])
 
 
 def float_images(

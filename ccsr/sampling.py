@@ -68,8 +68,9 @@ def _model_output(
         def fn(xt: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
             if not guided:
                 return denoise(unet, controlnet, xt, t, emb, zt, conditioning_scale).float()
-            n = xt.shape[0]
-            both = torch.cat([prompts.negative.expand(n, -1, -1), prompts.positive.expand(n, -1, -1)])
+            n, negative = xt.shape[0], prompts.negative
+            assert negative is not None  # Prompts checks it when guiding
+            both = torch.cat([negative.expand(n, -1, -1), prompts.positive.expand(n, -1, -1)])
             x2, z2 = torch.cat([xt, xt]), torch.cat([zt, zt])
             e_neg, e_pos = denoise(unet, controlnet, x2, t, both, z2, conditioning_scale).float().chunk(2)
             return e_neg + g * (e_pos - e_neg)
@@ -110,11 +111,11 @@ def sample_clean_latent(
             out = model_at(x, t0, True, prompts.positive)
         else:
             use_negative = prompts.guided and prompts.initial == "reference"
-            out = model_at(x, t0, False, prompts.negative if use_negative else prompts.positive)
+            out = model_at(x, t0, False, prompts.negative if use_negative else prompts.positive)  # type: ignore[arg-type]
         x0 = predict_x0(x, out, t0, alphas, kind)
         if schedule.loop:
             renoise = randn_tensor(tuple(x.shape), generator=generator, device=x.device, dtype=torch.float32)
-            x = add_noise(x0, renoise, schedule.tau, alphas)
+            x = add_noise(x0, renoise, schedule.tau, alphas)  # type: ignore[arg-type]
         else:
             x = x0
     for i, t in enumerate(schedule.loop):

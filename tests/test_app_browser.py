@@ -233,7 +233,7 @@ def test_folder_and_evaluate_tabs(page, server, tmp_path):
     for k in range(2):
         hr = Image.fromarray(photo(64, 80)[:, ::-1] if k else photo(64, 80))
         hr.save(gt / f"img{k}.png")
-        hr.resize((20, 16), Image.BICUBIC).save(src / f"img{k}.png")
+        hr.resize((20, 16), Image.Resampling.BICUBIC).save(src / f"img{k}.png")
     (src / "broken.png").write_bytes(b"")
     page.get_by_role("tab", name="Folder").click()
     page.locator("#folder-input textarea, #folder-input input").first.fill(str(src))

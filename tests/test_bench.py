@@ -156,3 +156,10 @@ def test_uint8_quantisation_where_the_tensor_is_matches_the_host_float_path():
     ref = (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
     assert np.array_equal(tensor_to_uint8(x), ref)
     assert np.array_equal(tensor_to_uint8(x.to(torch.float64)), ref)
+
+
+def test_bench_leaves_the_callers_grad_mode_alone(capsys):
+    """A library call must not switch autograd off for the rest of the process (training after a bench)."""
+    assert torch.is_grad_enabled()
+    _bench(capsys, "--size", "16", "64", "--repeats", "1", "--warmup", "0", "--images", "0", "--no-flops")
+    assert torch.is_grad_enabled()

@@ -273,7 +273,7 @@ def test_paired_validation_folders(tmp_path):
     for name, photo in (("a", skdata.astronaut()), ("b", skdata.coffee()[:, :400])):
         hr = Image.fromarray(photo).resize((160, 160))
         hr.save(hr_dir / f"{name}.png")
-        hr.resize((40, 40), Image.BICUBIC).save(lr_dir / f"{name}.jpg")
+        hr.resize((40, 40), Image.Resampling.BICUBIC).save(lr_dir / f"{name}.jpg")
     ds = PairedImageDataset(lr_dir, hr_dir, crop=128)
     item = ds[1]
     assert item["lq"].shape == (3, 32, 32) and item["gt"].shape == (3, 128, 128)
@@ -295,7 +295,7 @@ def test_clean_prob_mixes_plain_bicubic_images_into_the_batch(shared):
     clean = RealESRGANDegradation(load_config(DegradationConfig, None, [*opts, "clean_prob=1.0"]))(gt, seed=3)
     for i in range(len(gt)):
         small = Image.fromarray((gt[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        small = small.resize((24, 24), Image.BICUBIC).resize((96, 96), Image.BICUBIC)
+        small = small.resize((24, 24), Image.Resampling.BICUBIC).resize((96, 96), Image.Resampling.BICUBIC)
         ref = torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255
         assert (clean[i] - ref).abs().mean() < 2.5 / 255  # torch's antialiased bicubic vs PIL's
     half = RealESRGANDegradation(load_config(DegradationConfig, None, [*opts, "clean_prob=0.5"]))

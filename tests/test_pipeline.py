@@ -192,7 +192,7 @@ def test_color_fix_options(tiny_pipe, photo):
     }
     assert not torch.equal(outs["adain"], outs["none"]) and not torch.equal(outs["wavelet"], outs["none"])
     # AdaIN gives the output the colour statistics of the bicubic canvas.
-    canvas = photo.resize((192, 128), Image.BICUBIC)
+    canvas = photo.resize((192, 128), Image.Resampling.BICUBIC)
     src = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)
     torch.testing.assert_close(outs["adain"][0].mean((1, 2)), src.mean((1, 2)), atol=0.01, rtol=0)
 

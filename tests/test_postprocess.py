@@ -21,9 +21,9 @@ from PIL import Image
 
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0
+from ccsr.models.shipped import TINY_MODEL_DIR
 from ccsr.pipeline import DEFAULT_PROMPT, CCSRPipeline
 from ccsr.tiling import gaussian_weights
-from ccsr.upscale_config import TINY_MODEL_DIR
 
 
 def gen(seed: int) -> torch.Generator:

@@ -36,11 +36,11 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_official_weights_beat_bicubic_on_a_real_photo(real_pipe, steps):
     from skimage import data
 
-    gt = Image.fromarray(data.astronaut()).resize((512, 512), Image.BICUBIC)
-    lr = gt.resize((128, 128), Image.BICUBIC)
+    gt = Image.fromarray(data.astronaut()).resize((512, 512), Image.Resampling.BICUBIC)
+    lr = gt.resize((128, 128), Image.Resampling.BICUBIC)
     out = real_pipe(lr, steps, generator=torch.Generator().manual_seed(0)).images[0]
     assert out.size == (512, 512)
-    bicubic = lr.resize((512, 512), Image.BICUBIC)
+    bicubic = lr.resize((512, 512), Image.Resampling.BICUBIC)
     # On bicubic-degraded input CCSR should be at least near bicubic in PSNR while adding detail.
     assert _psnr(np.asarray(out), np.asarray(gt)) > _psnr(np.asarray(bicubic), np.asarray(gt)) - 2.0
     lap = lambda im: np.abs(np.diff(np.asarray(im.convert("L"), dtype=np.float32), axis=0)).mean()  # noqa: E731

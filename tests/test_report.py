@@ -36,7 +36,9 @@ def _upscale_run(
     pipe, gt: dict[str, Image.Image], out: Path, samples: int, steps: int, seed: int = 0
 ) -> Path:
     """Write a run folder in the shared layout (sample k uses seed + k) from a real tiny-model pipeline."""
-    lrs = [im.resize((im.width // UPSCALE, im.height // UPSCALE), Image.BICUBIC) for im in gt.values()]
+    lrs = [
+        im.resize((im.width // UPSCALE, im.height // UPSCALE), Image.Resampling.BICUBIC) for im in gt.values()
+    ]
     records = []
     for k in range(samples):
         gens = [torch.Generator().manual_seed(seed + k) for _ in lrs]

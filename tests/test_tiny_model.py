@@ -224,15 +224,15 @@ def _y_psnr(a: np.ndarray, b: np.ndarray, crop: int = 4) -> float:
 
 @pytest.fixture(scope="module")
 def shipped_pipe():
+    from ccsr.models.shipped import TINY_MODEL_DIR
     from ccsr.pipeline import CCSRPipeline
-    from ccsr.upscale_config import TINY_MODEL_DIR
 
     return CCSRPipeline.from_pretrained(TINY_MODEL_DIR)
 
 
 def _heldout(kind: str) -> tuple[Image.Image, np.ndarray]:
     """(x4 LR, GT) of held-out crop camera_00: the shipped degraded example, or a bicubic reduction."""
-    from ccsr.upscale_config import TINY_MODEL_DIR
+    from ccsr.models.shipped import TINY_MODEL_DIR
 
     gt = tiny_data.heldout_crops(256)["camera_00"]
     if kind == "realesrgan":
@@ -246,7 +246,7 @@ def _sr(pipe, lr: Image.Image) -> np.ndarray:
 
 
 def test_shipped_weights_are_safetensors_under_40_mb_and_load_strictly(shipped_pipe):
-    from ccsr.upscale_config import TINY_MODEL_DIR
+    from ccsr.models.shipped import TINY_MODEL_DIR
 
     weights = sorted(TINY_MODEL_DIR.rglob("*.safetensors"))
     assert {p.parent.name for p in weights} == {"unet", "controlnet", "vae", "text_encoder"}
@@ -285,7 +285,7 @@ def test_shipped_model_beats_bicubic_on_a_heldout_image(shipped_pipe, kind):
     upscaling (+0.63 / +0.22 dB without the border padding)."""
     assert shipped_pipe.default_color_fix == "wavelet"  # from ccsr-tiny/inference_defaults.json
     lr, gt = _heldout(kind)
-    bicubic = np.asarray(lr.resize(gt.shape[1::-1], Image.BICUBIC))
+    bicubic = np.asarray(lr.resize(gt.shape[1::-1], Image.Resampling.BICUBIC))
     assert _y_psnr(_sr(shipped_pipe, lr), gt) >= _y_psnr(bicubic, gt) + 0.15
 
 
@@ -320,7 +320,7 @@ def test_shipped_model_does_not_darken_the_border_of_a_flat_image(shipped_pipe):
 
 def test_cli_upscales_the_shipped_examples_offline(tmp_path):
     """The README's first command, as a user runs it: no network, the packaged model and examples."""
-    from ccsr.upscale_config import TINY_MODEL_DIR
+    from ccsr.models.shipped import TINY_MODEL_DIR
 
     examples = TINY_MODEL_DIR.parent / "examples"
     src = tmp_path / "in"

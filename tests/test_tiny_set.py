@@ -38,7 +38,7 @@ def _photo(seed: int, size=(816, 512)) -> Image.Image:
     """Smooth random field plus sensor-like noise: no flat 8x8 block, as a photograph."""
     rng = np.random.default_rng(seed)
     small = rng.uniform(0, 255, (size[1] // 32, size[0] // 32, 3)).astype(np.uint8)
-    base = np.asarray(Image.fromarray(small).resize(size, Image.BICUBIC), dtype=np.float32)
+    base = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
     return Image.fromarray((base + rng.normal(0, 4, base.shape)).clip(0, 255).astype(np.uint8))
 
 

@@ -45,9 +45,9 @@ def photos(tmp_path_factory) -> Path:
 def val_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("val")
     (root / "lr").mkdir(), (root / "hr").mkdir()
-    hr = Image.fromarray(skdata.astronaut()).resize((48, 48), Image.BICUBIC)
+    hr = Image.fromarray(skdata.astronaut()).resize((48, 48), Image.Resampling.BICUBIC)
     hr.save(root / "hr" / "astronaut.png")
-    hr.resize((12, 12), Image.BICUBIC).save(root / "lr" / "astronaut.png")
+    hr.resize((12, 12), Image.Resampling.BICUBIC).save(root / "lr" / "astronaut.png")
     return root / "lr", root / "hr"
 
 

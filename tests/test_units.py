@@ -42,7 +42,7 @@ def test_canvas_uses_pil_bicubic_twice():
     rng = np.random.default_rng(0)
     im = Image.fromarray(rng.integers(0, 255, (21, 30, 3), dtype=np.uint8))
     plan = plan_resize(im.size, 3, 0)
-    ref = im.resize((90, 63), Image.BICUBIC).resize((88, 56), Image.BICUBIC)
+    ref = im.resize((90, 63), Image.Resampling.BICUBIC).resize((88, 56), Image.Resampling.BICUBIC)
     assert np.array_equal(np.asarray(make_canvas(im, plan)), np.asarray(ref))
 
 
@@ -52,7 +52,7 @@ def test_resize_float_matches_pil_up_to_quantisation(size):
     arr = rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)  # noise: many overshoots to clip
     t = torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
     out = resize_float(t, size)[0].permute(1, 2, 0).numpy()
-    ref = np.asarray(Image.fromarray(arr).resize(size, Image.BICUBIC), dtype=np.float32) / 255
+    ref = np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
     # PIL rounds its 8-bit intermediate and result: at most one level apart, half a level on average.
     assert np.abs(out.clip(0, 1) - ref).max() <= 1.5 / 255
     assert np.abs(out.clip(0, 1) - ref).mean() <= 0.4 / 255

@@ -23,7 +23,7 @@ from helpers import png_header_only
 from PIL import Image, ImageCms
 
 from ccsr.cli import main as ccsr_main
-from ccsr.manifest import file_sha256
+from ccsr.upscale.manifest import file_sha256
 
 
 def photo(h: int, w: int, k: int = 0) -> np.ndarray:
@@ -392,7 +392,7 @@ def test_arguments_refused_before_any_work(tmp_path, capsys, common, monkeypatch
         ([src, out, "--model", broken], "could not load --model"),
         ([src, out, *common, "--device", "warp-drive"], "is not a device torch knows"),
     ]
-    from ccsr.upscale_config import TINY_MODEL_DIR
+    from ccsr.models.shipped import TINY_MODEL_DIR
 
     if not TINY_MODEL_DIR.is_dir():
         cases.append(([src, out, "--model", "tiny"], "ccsr-tiny model is not part of this installation"))

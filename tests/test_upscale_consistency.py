@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ccsr.consistency import uncertainty_map
-from ccsr.manifest import file_sha256
+from ccsr.upscale.manifest import file_sha256
 
 
 def photo(h: int, w: int, k: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 One :class:`Engine` per server holds the pipeline, loaded once, and a lock so that one job uses it at
 a time. Every upscale, of one uploaded image or of a folder, is a call of
-:func:`ccsr.runner.run_upscale` (the code behind ``ccsr upscale``) with that pipeline: the same
+:func:`ccsr.upscale.run.run_upscale` (the code behind ``ccsr upscale``) with that pipeline: the same
 settings, seeds, atomic writes, manifest, resume and failure list, so the app's result is the
 file ``ccsr upscale`` writes for the same image, seed and settings. The consistency views come from
 :mod:`ccsr.consistency`; the Evaluate view is :func:`ccsr.metrics.report.write_report`'s page.
@@ -27,8 +27,8 @@ from PIL import Image
 
 from ccsr.encode import png_add_text
 from ccsr.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from ccsr.runner import load_pipeline, run_upscale
-from ccsr.upscale_config import UpscaleConfig
+from ccsr.upscale.config import UpscaleConfig
+from ccsr.upscale.run import load_pipeline, run_upscale
 
 #: The PNG text keyword under which a downloaded result carries its settings (JSON).
 METADATA_KEY = "ccsr"
@@ -162,7 +162,7 @@ class Engine:
             result, pick, dist = samples[c.index], c.index, list(c.mean_distances)
         with Image.open(result) as im:
             size = im.size
-        bicubic = read_image(inp, self.max_pixels).model_input().resize(size, Image.BICUBIC)
+        bicubic = read_image(inp, self.max_pixels).model_input().resize(size, Image.Resampling.BICUBIC)
         run = json.loads((out / "run.json").read_text())
         meta = {
             "ccsr_version": run.get("ccsr_version"),
@@ -179,8 +179,8 @@ class Engine:
         )
         heat, std_mean = None, None
         if k > 1:
-            from ccsr.consistency_run import std_rel
-            from ccsr.manifest import read_manifest
+            from ccsr.upscale.derived import std_rel
+            from ccsr.upscale.manifest import read_manifest
 
             heat = out / std_rel(f"{stem}.png")
             std_mean = read_manifest(out / "manifest.jsonl").get(heat.name, {}).get("std_mean")
@@ -228,7 +228,7 @@ class Engine:
                     recs.append(json.loads(line))
         total = next((r.get("to_do", 0) for r in recs if r.get("event") == "start"), 0)
         done = sum(1 for r in recs if r.get("event") in ("image", "failed"))
-        from ccsr.manifest import read_manifest
+        from ccsr.upscale.manifest import read_manifest
 
         outs = [dst / rel for rel in read_manifest(dst / "manifest.jsonl") if (dst / rel).is_file()]
         return FolderProgress(min(done, total) if total else done, total, outs[-24:], message, finished)

@@ -30,9 +30,9 @@ def png_bytes(image: Image.Image) -> bytes:
     return encode_image(np.asarray(image), None, "png")[0]
 
 
+@torch.no_grad()  # no autograd bookkeeping in the timings; the caller's grad mode is left as it was
 def run_bench(settings: BenchSettings) -> dict:
     """Load the model, warm up, and time every ``--steps`` setting; see the README's performance section."""
-    torch.set_grad_enabled(False)
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {settings.device}: torch sees no CUDA device here; use --device cpu")

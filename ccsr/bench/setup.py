@@ -66,14 +66,14 @@ class BenchSettings:
 
     def resolved_precision(self) -> str:
         """``auto``: as ``ccsr upscale`` (fp16 on CUDA, fp32 elsewhere)."""
-        from ccsr.upscale_config import UpscaleConfig
+        from ccsr.upscale.config import UpscaleConfig
 
         cfg = UpscaleConfig(inputs=("-",), output="-", model=self.model, precision=self.precision)
         return cfg.resolved_precision(torch.device(self.device).type)
 
     def call_kwargs(self, steps: int) -> dict:
         """Keyword arguments of the pipeline call: the output side is the process size, so no enlarging."""
-        from ccsr.upscale_config import UpscaleConfig
+        from ccsr.upscale.config import UpscaleConfig
 
         hr = self.size[1]
         big = hr * hr > UpscaleConfig.tile_threshold
@@ -93,20 +93,20 @@ def load_pipeline(settings: BenchSettings, dtype: torch.dtype, workdir: Path):
     """``(pipeline on the device, folder ccsr upscale can load the same model from)``.
 
     ``tiny``: the shipped ccsr-tiny; ``full-size``: the full-size architecture with random weights
-    (:mod:`ccsr.models.full_size`; its folder is written only when ``--compare-upscale`` needs it);
+    (:mod:`ccsr.bench.full_size`; its folder is written only when ``--compare-upscale`` needs it);
     anything else: a model folder or Hub repo id, as ``ccsr upscale --model`` takes.
     """
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    from ccsr.models.shipped import resolve_model_root
     from ccsr.pipeline import CCSRPipeline
-    from ccsr.upscale_config import resolve_model_root
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     folder = None
     if settings.model == "full-size":
-        from ccsr.models.full_size import build_full_size_pipeline
+        from ccsr.bench.full_size import build_full_size_pipeline
 
         pipe = build_full_size_pipeline(workdir / "tokenizer", torch_dtype=dtype)
         if settings.compare_upscale:
@@ -129,7 +129,7 @@ def test_images(n: int, side: int) -> list[Image.Image]:
         w, h = src.size
         s = min(w, h) - (2 * (k // len(sources))) % (min(w, h) // 2)  # another crop per round
         left, top = (w - s) // 2, (h - s) // 2
-        out.append(src.crop((left, top, left + s, top + s)).resize((side, side), Image.BICUBIC))
+        out.append(src.crop((left, top, left + s, top + s)).resize((side, side), Image.Resampling.BICUBIC))
     return out
 
 

@@ -30,11 +30,6 @@ OUTPUT_DIR), 130 interrupted.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-    from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
-    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
-    from ccsr.upscale_config import FRAMES, PRECISIONS, TILING_MODES
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
     parser.add_argument(
@@ -43,6 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT... OUTPUT_DIR",
         help="image files or folders, then the output folder",
     )
+    _model_arguments(parser)
+    _sampling_arguments(parser)
+    _consistency_arguments(parser)
+    _schedule_arguments(parser)
+    _image_arguments(parser)
+    _execution_arguments(parser)
+    _output_arguments(parser)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -56,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-pickle", action="store_true", help="load .bin (pickle) weights; only for files you trust"
     )
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling")
     g.add_argument(
         "--steps",
@@ -76,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--samples", type=int, default=1, help="outputs per image; K > 1 writes sample00 .. sample{K-1}"
     )
+
+
+def _consistency_arguments(parser: argparse.ArgumentParser) -> None:
     from ccsr.consistency import DISTANCES, SELECTIONS
 
     g = parser.add_argument_group("consistency over the samples (need --samples K, K >= 2)")
@@ -95,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="l1-y",
         help="distance of --select consensus: L1 on the luma (default) or LPIPS (needs its weights)",
     )
+
+
+def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("expert schedule knobs (the reference's; override --steps' preset)")
     g.add_argument("--num-inference-steps", type=int, help="length N of the DDPM timestep grid")
     g.add_argument("--t-max", type=float, help="fraction of the grid kept after the first step (0.6667)")
@@ -108,6 +122,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="lr",
         help="start from the noised LR latent or pure noise",
     )
+
+
+def _image_arguments(parser: argparse.ArgumentParser) -> None:
+    from ccsr.io import DEFAULT_MAX_PIXELS
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+    from ccsr.upscale.config import FRAMES
+    from ccsr.upscale.limits import DEFAULT_MAX_OUTPUT_PIXELS
+
     g = parser.add_argument_group("image")
     g.add_argument("--scale", type=int, default=4, help="integer upscaling factor (default 4)")
     g.add_argument(
@@ -153,6 +175,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="multi-page TIFF and animated GIF/WebP/PNG: upscale every frame (all), or the first only",
     )
+
+
+def _execution_arguments(parser: argparse.ArgumentParser) -> None:
+    from ccsr.upscale.config import PRECISIONS, TILING_MODES
+
     g = parser.add_argument_group("execution")
     g.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (auto: the process's accelerator)"
@@ -186,6 +213,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the networks (slow first image per size, faster after; needs a C++ compiler on CPU)",
     )
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    from ccsr.io import OUTPUT_FORMATS
+
     g = parser.add_argument_group("output")
     g.add_argument(
         "--format",
@@ -224,8 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """argparse namespace -> :class:`ccsr.upscale_config.UpscaleConfig` (raises ValueError on bad values)."""
-    from ccsr.upscale_config import UpscaleConfig
+    """argparse namespace -> :class:`ccsr.upscale.config.UpscaleConfig` (raises ValueError on bad values)."""
+    from ccsr.upscale.config import UpscaleConfig
 
     if len(args.paths) < 2:
         raise ValueError("give INPUT... OUTPUT_DIR: at least one input and the output folder")
@@ -257,7 +289,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"ccsr upscale: error: {e}", file=sys.stderr)
         return 2
-    from ccsr.runner import run_upscale
+    from ccsr.upscale.run import run_upscale
 
     try:
         return run_upscale(cfg)

@@ -97,7 +97,7 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """PIL bicubic to ``size = (width, height)`` (antialiased when shrinking, as PIL always is)."""
-    return np.asarray(Image.fromarray(arr).resize(size, Image.BICUBIC))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BICUBIC))
 
 
 def write_training_set(folder: str | os.PathLike, min_side: int = 128) -> Path:

@@ -154,7 +154,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def flat_fraction(arr: np.ndarray) -> float:
     """Fraction of 8x8 blocks of the luma whose std is below 0.5 levels, on a copy at most 1024 px long."""
     im = Image.fromarray(arr)
-    im.thumbnail((1024, 1024), Image.BOX)
+    im.thumbnail((1024, 1024), Image.Resampling.BOX)
     y = np.asarray(im.convert("L"), dtype=np.float32)
     h, w = y.shape[0] // 8 * 8, y.shape[1] // 8 * 8
     if h == 0 or w == 0:
@@ -169,7 +169,7 @@ def shrink(arr: np.ndarray, short_side: int) -> np.ndarray:
     if min(h, w) <= short_side:
         return arr
     s = short_side / min(h, w)
-    return np.asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.BICUBIC))
+    return np.asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
 
 
 def debian_image_name(package: str, rel: Path) -> str:

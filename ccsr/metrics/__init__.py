@@ -5,7 +5,7 @@
   ground-truth pairing.
 * :mod:`ccsr.metrics.paper`: the paper's metric set and the pyiqa variant of each (no imports).
 * :mod:`ccsr.metrics.iqa`: the only module that imports pyiqa (PolyForm Noncommercial licence).
-* :mod:`ccsr.metrics.evaluate` and :mod:`ccsr.metrics.report`: scores for a run or a step sweep, and the
+* :mod:`ccsr.metrics.scores` and :mod:`ccsr.metrics.report`: scores for a run or a step sweep, and the
   CSV / JSON / Markdown / HTML report.
 
 Nothing is imported here, so ``import ccsr.metrics.stability`` stays light.

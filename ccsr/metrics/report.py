@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ccsr.metrics.evaluate import RunScores, open_runs, prepare_metrics, score_run
 from ccsr.metrics.iqa import DEFAULT_METRICS
 from ccsr.metrics.readers import REPORT_ASSETS, RunFolderError, to_unit
 from ccsr.metrics.report_render import html_page, markdown
+from ccsr.metrics.scores import RunScores, open_runs, prepare_metrics, score_run
 from ccsr.metrics.stability import DEFAULT_CROP, crop_border, l_std_map
 
 _MARKER = ".written-by-ccsr"

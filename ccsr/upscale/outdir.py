@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccsr.discovery import InputError
 from ccsr.io import is_temp_file, temp_owner
+from ccsr.upscale.discovery import InputError
 
 LOCK_NAME = ".ccsr-lock"
 

@@ -3,9 +3,9 @@
 Order of work, and why:
 
 0. **Check before torch.** Inputs exist, the model path exists, the output folder can be created and
-   written (a probe file), no other run holds it (:mod:`ccsr.outdir`), file headers give every
+   written (a probe file), no other run holds it (:mod:`ccsr.upscale.outdir`), file headers give every
    input's size and frames, and inputs whose output or canvas exceeds the limits are failed
-   (:mod:`ccsr.limits`): all before torch is imported, let alone the model loaded.
+   (:mod:`ccsr.upscale.limits`): all before torch is imported, let alone the model loaded.
 1. **Plan without the model.** Name every output, refuse writes into input folders, hash the model
    files, and compare each planned output with ``manifest.jsonl``: done outputs are skipped, outputs
    made differently stop the run (unless ``overwrite``) before minutes go into loading a model.
@@ -28,18 +28,22 @@ import sys
 import time
 from pathlib import Path
 
-from ccsr import consistency_run
-from ccsr.discovery import InputError
-from ccsr.limits import mp, output_pixels
-from ccsr.manifest import (
+from ccsr.models.shipped import resolve_model_root
+from ccsr.upscale import derived
+from ccsr.upscale.config import UpscaleConfig
+from ccsr.upscale.discovery import InputError
+from ccsr.upscale.limits import mp, output_pixels
+from ccsr.upscale.loop import RunDir, process
+from ccsr.upscale.manifest import (
     FAILURES_JSONL,
     MANIFEST,
     RUN_JSON,
     ManifestWriter,
     compact_manifest,
 )
-from ccsr.outdir import acquire_lock, probe_writable, remove_created, remove_orphan_temps
-from ccsr.runlog import (
+from ccsr.upscale.outdir import acquire_lock, probe_writable, remove_created, remove_orphan_temps
+from ccsr.upscale.plan import Scan, discover_inputs, input_dirs, plan_jobs, scan_inputs
+from ccsr.upscale.runlog import (
     RunLog,
     Tally,
     environment,
@@ -48,9 +52,6 @@ from ccsr.runlog import (
     summary_line,
     write_records,
 )
-from ccsr.upscale_config import UpscaleConfig, resolve_model_root
-from ccsr.upscale_loop import RunDir, process
-from ccsr.upscale_plan import Scan, discover_inputs, input_dirs, plan_jobs, scan_inputs
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -231,7 +232,7 @@ def _finish(
             )
         except OSError as e:
             unwritten.append(f"{run.dir / RUN_JSON} ({e.strerror or e})")
-    per_image = consistency_run.outputs_per_image(cfg) * len(cfg.steps)
+    per_image = derived.outputs_per_image(cfg) * len(cfg.steps)
     line = summary_line(total, skipped_images, n_inputs, wall, load_s, per_image)
     log.event(
         "summary",

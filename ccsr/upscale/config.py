@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from ccsr.limits import DEFAULT_MAX_OUTPUT_PIXELS
-from ccsr.models.shipped import TINY_MODEL_DIR, resolve_model_root  # noqa: F401  (re-exported)
 from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+from ccsr.upscale.limits import DEFAULT_MAX_OUTPUT_PIXELS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TILING_MODES = ("auto", "on", "off")
@@ -67,7 +66,9 @@ class UpscaleConfig:
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # limits the output and the model's canvas
-    frames: str = "all"  # multi-page TIFF and animations: "all" frames, or the "first" only (ccsr.frames)
+    frames: str = (
+        "all"  # multi-page TIFF and animations: "all" frames, or the "first" only (ccsr.upscale.frames)
+    )
     workers: int | None = None  # None: resolved_workers() picks for the device
     channels_last: bool = False  # speed only: not part of a run's settings (outputs equal up to rounding)
     compile: bool = False

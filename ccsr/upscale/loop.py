@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ccsr.consistency_run import derive_output
-from ccsr.discovery import InputFile
 from ccsr.encode import encode_image, resize_alpha, to_output_pixels
-from ccsr.frames import assemble, frame_rel, remove_frames
 from ccsr.io import ImageData, ImageReadError, atomic_write, read_image
-from ccsr.limits import Header
-from ccsr.manifest import ManifestWriter
-from ccsr.runlog import Failure, RunLog, Tally, now_iso
-from ccsr.upscale_config import UpscaleConfig
+from ccsr.upscale.config import UpscaleConfig
+from ccsr.upscale.derived import derive_output
+from ccsr.upscale.discovery import InputFile
+from ccsr.upscale.frames import assemble, frame_rel, remove_frames
+from ccsr.upscale.limits import Header
+from ccsr.upscale.manifest import ManifestWriter
+from ccsr.upscale.runlog import Failure, RunLog, Tally, now_iso
 
 #: Write errors that are about the folder, not the image: the run stops after the image in progress.
 FOLDER_ERRNOS = frozenset(
@@ -57,7 +57,7 @@ class RunDir:
 class Task:
     """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``.
 
-    With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.consistency_run`) a sample may be computed
+    With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.upscale.derived`) a sample may be computed
     only to derive other outputs (``rel`` None: not written), and ``kind`` names a derived output
     ("std", "consensus", "mean") made from the image's samples once they are all computed.
     """
@@ -67,7 +67,7 @@ class Task:
     rel: str | None  # output path relative to the run folder (a frame file for a frame); None: not written
     kind: str = "sample"
     settings: str | None = None  # settings hash recorded for this output (default: the run's)
-    final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.frames)
+    final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.upscale.frames)
 
 
 @dataclass
@@ -305,7 +305,7 @@ def _finish_write(
             data, notes = encode_image(
                 pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
             )
-        else:  # a frame waits losslessly for the others (ccsr.frames)
+        else:  # a frame waits losslessly for the others (ccsr.upscale.frames)
             data, notes = encode_image(to_output_pixels(sr, img.gray, img.bit_depth), loaded.alpha, "png")
         _write_recorded(out, data, task, _entry(job, task, loaded, cfg, data, notes, info))
         if task.final is not None:
@@ -359,7 +359,7 @@ def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
     """Atomic write of ``out``, listed in the manifest before it appears under its name."""
 
     def record(st) -> None:
-        if out.exists():  # --overwrite: drop the old file first, see ccsr.manifest on the ordering
+        if out.exists():  # --overwrite: drop the old file first, see ccsr.upscale.manifest on the ordering
             out.unlink()
         task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
 

@@ -1,7 +1,7 @@
 """Time `ccsr stability` on a benchmark-sized run: N 512x512 images x K samples, PSNR + SSIM + L-STD.
 
-    python benchmarks/evaluate.py --images 20 --samples 10                     # this CPU
-    python benchmarks/evaluate.py --images 100 --samples 10 --device cuda      # a GPU
+    python benchmarks/stability_speed.py --images 20 --samples 10                     # this CPU
+    python benchmarks/stability_speed.py --images 100 --samples 10 --device cuda      # a GPU
 
 The run is made of real photographs (scikit-image's bundled images, 512x512 crops) as ground truth and
 K noisy copies of each as the "samples", written as PNG in the run-folder layout; the time covers the
@@ -25,7 +25,7 @@ def _photos(n: int) -> list[np.ndarray]:
     from skimage import data
 
     bank = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
-    bank = [np.asarray(Image.fromarray(a).resize((512, 512), Image.BICUBIC)) for a in bank]
+    bank = [np.asarray(Image.fromarray(a).resize((512, 512), Image.Resampling.BICUBIC)) for a in bank]
     return [np.roll(bank[i % len(bank)], 37 * (i // len(bank)), axis=1) for i in range(n)]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from ccsr.limits import Header
+from ccsr.upscale.limits import Header
 
 #: Folder (inside a run folder) of the frames waiting to be put together.
 PARTS_DIR = ".ccsr-frames"

@@ -1,4 +1,4 @@
-"""Planning a folder run (steps 0 and 1 of :mod:`ccsr.runner`): which inputs, which outputs, which of
+"""Planning a folder run (steps 0 and 1 of :mod:`ccsr.upscale.run`): which inputs, which outputs, which of
 them are done, and every check that needs no model, before the model is loaded."""
 
 from __future__ import annotations
@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccsr import consistency_run
-from ccsr.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
-from ccsr.frames import container_ext, frame_rel
 from ccsr.io import IMAGE_EXTENSIONS, OUTPUT_FORMATS
-from ccsr.limits import Header, read_header, size_problem
-from ccsr.manifest import (
+from ccsr.models.shipped import resolve_model_root
+from ccsr.upscale import derived
+from ccsr.upscale.config import UpscaleConfig
+from ccsr.upscale.discovery import Discovery, InputError, InputFile, assign_outputs, check_writable, discover
+from ccsr.upscale.frames import container_ext, frame_rel
+from ccsr.upscale.limits import Header, read_header, size_problem
+from ccsr.upscale.loop import Job, RunDir, Task
+from ccsr.upscale.manifest import (
     FAILURES,
     FAILURES_JSONL,
     MANIFEST,
@@ -23,9 +26,7 @@ from ccsr.manifest import (
     settings_diff,
     settings_hash,
 )
-from ccsr.runlog import Failure, read_run_json
-from ccsr.upscale_config import UpscaleConfig, resolve_model_root
-from ccsr.upscale_loop import Job, RunDir, Task
+from ccsr.upscale.runlog import Failure, read_run_json
 
 
 @dataclass
@@ -59,7 +60,7 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
     """Headers (sizes, frames), output names, overlap with inputs, size limits: all before torch."""
     headers = {f.path: read_header(f.path) for f in found.files}
     ext = OUTPUT_FORMATS[cfg.output_format][0]
-    frames = "first" if consistency_run.active(cfg) else cfg.frames  # samples of one frame are compared
+    frames = "first" if derived.active(cfg) else cfg.frames  # samples of one frame are compared
 
     def ext_for(f: InputFile) -> str:
         return container_ext(headers[f.path], cfg.output_format, frames) or ext
@@ -76,7 +77,7 @@ def scan_inputs(cfg: UpscaleConfig, found: Discovery, runs: list[RunDir]) -> Sca
         r.dir / rel
         for r in runs
         for f in files
-        for rel in consistency_run.output_rels(
+        for rel in derived.output_rels(
             cfg, f.output_rel(ext_for(f)), lambda k, f=f: _rel_for(cfg, f, k, ext_for(f))
         )
     ]
@@ -133,7 +134,7 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
     try:
-        consistency_run.check_available(cfg)
+        derived.check_available(cfg)
     except ValueError as e:
         raise InputError(f"--consensus-distance {cfg.consensus_distance}: {e}") from None
     identity = model_identity(paths.as_dict())
@@ -171,8 +172,8 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
             "quality": cfg.quality if cfg.output_format in ("jpg", "webp") else None,
             "frames": cfg.frames,
         }
-        if consistency_run.select_settings(cfg):
-            run.settings["select"] = consistency_run.select_settings(cfg)
+        if derived.select_settings(cfg):
+            run.settings["select"] = derived.select_settings(cfg)
         run.hash = settings_hash(run.settings)
 
     manifests = {id(r): read_manifest(r.dir / MANIFEST) for r in runs}
@@ -194,13 +195,14 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
                 if status == "done" and not cfg.overwrite:
                     run.skipped += 1
                 elif status == "conflict" and not cfg.overwrite:
-                    conflicts.append((run, rel, why))
+                    old_settings = (manifests[id(run)].get(rel) or {}).get("settings")
+                    conflicts.append((run, rel, why, old_settings if old_settings != settings else None))
                 else:
                     return True
                 return False
 
-            if consistency_run.active(cfg):
-                frames[0] += consistency_run.plan_tasks(
+            if derived.active(cfg):
+                frames[0] += derived.plan_tasks(
                     run, f.output_rel(out_ext), cfg, lambda k, f=f, e=out_ext: _rel_for(cfg, f, k, e), todo
                 )
                 continue
@@ -233,16 +235,17 @@ def _frame_tasks(run, k, rel, header, manifest, want, overwrite, frames: list[li
         frames[i].append(Task(run, k, frame_rel(rel, i), final=rel))
 
 
-def _conflict_message(conflicts: list[tuple[RunDir, str, str]]) -> str:
+def _conflict_message(conflicts: list[tuple[RunDir, str, str, str | None]]) -> str:
+    """The refusal: up to five conflicting outputs, then how each older settings hash differs from this run's."""
     lines = [f"{len(conflicts)} outputs already exist and were not made by this exact command:"]
-    for run, rel, why in conflicts[:5]:
+    for run, rel, why, _ in conflicts[:5]:
         lines.append(f"  {run.dir / rel}: {why}")
     if len(conflicts) > 5:
         lines.append(f"  ... and {len(conflicts) - 5} more")
     run = conflicts[0][0]
     old = read_run_json(run.dir).get("settings_history", {})
-    for why in {w for _, _, w in conflicts if "made with settings" in w}:
-        prev = old.get(why.split()[3].rstrip(","))
+    for old_hash in {h for *_, h in conflicts if h is not None}:
+        prev = old.get(old_hash)
         if prev:
             lines.append("  settings that differ: " + "; ".join(settings_diff(prev, run.settings)[:8]))
     lines.append("Pass --overwrite to replace them, or choose another OUTPUT_DIR. Nothing was written.")

@@ -22,8 +22,8 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ccsr.manifest import settings_hash
-from ccsr.upscale_config import UpscaleConfig
+from ccsr.upscale.config import UpscaleConfig
+from ccsr.upscale.manifest import settings_hash
 
 #: Suffix of the uncertainty heat maps (``a.jpg`` -> ``a_std.png``).
 STD_SUFFIX = "_std.png"
@@ -83,7 +83,7 @@ def output_rels(cfg: UpscaleConfig, out_rel: str, rel_for: Callable[[int], str])
 def plan_tasks(run, out_rel: str, cfg: UpscaleConfig, rel_for: Callable[[int], str], todo: Callable) -> list:
     """The tasks of one image in one run folder. ``todo(rel, seed, settings_hash)`` says whether an
     output must be (re)made (it counts skipped outputs and conflicts on the runner's side)."""
-    from ccsr.upscale_loop import Task
+    from ccsr.upscale.loop import Task
 
     derived = []
     if cfg.select and todo(out_rel, cfg.seed, run.hash):

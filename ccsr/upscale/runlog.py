@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccsr.manifest import FAILURES, FAILURES_JSONL, RUN_JSON, write_text_atomic
+from ccsr.upscale.manifest import FAILURES, FAILURES_JSONL, RUN_JSON, write_text_atomic
 
 _PACKAGES = (
     "ccsr",
