@@ -245,12 +245,9 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as yaml (atomically: a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    from ccsr.atomic import write_text
+
+    return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def check(cond: bool, message: str) -> None:

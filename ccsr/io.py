@@ -29,7 +29,6 @@ import io
 import os
 import re
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +52,6 @@ OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
 DEFAULT_MAX_PIXELS = 64_000_000
 #: Smaller inputs carry too little to upscale (and break the x8 canvas rule at low scales).
 MIN_SIDE = 8
-#: Marker in temporary file names, so stale ones from a killed run can be found and removed.
-TEMP_TAG = ".ccsr-tmp-"
 _EXIF_ORIENTATION = 0x0112
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N")
 
@@ -300,51 +297,3 @@ def _cv2():
     except ImportError as e:  # pragma: no cover - opencv is a dependency
         raise ImageReadError("16-bit colour images need OpenCV: pip install opencv-python-headless") from e
     return cv2
-
-
-# ---------------------------------------------------------------------------------------------- writing
-def atomic_write(
-    path: Path, data: bytes, before_rename: Callable[[os.stat_result], None] | None = None
-) -> os.stat_result:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it over ``path``.
-
-    ``before_rename(stat)`` runs after the bytes are on disk and before the rename, with the ``stat``
-    the final file will have (a rename keeps size and mtime): the runner records the output in its
-    manifest there, so an output on disk is always in the manifest. Returns that ``stat``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(temp_name(path.name))
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        st = os.stat(tmp)
-        if before_rename is not None:
-            before_rename(st)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return st
-
-
-def temp_name(name: str) -> str:
-    """``.<name>.ccsr-tmp-<pid>-<thread>``: the owner's pid tells a later run whether it is gone. A long
-    name is shortened to a hash, so the temporary name stays within the file system's 255 bytes."""
-    if len(os.fsencode(name)) > 120:
-        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
-    return f".{name}{TEMP_TAG}{os.getpid()}-{threading.get_ident()}"
-
-
-def is_temp_file(name: str) -> bool:
-    """True for the temporary files :func:`atomic_write` creates."""
-    return name.startswith(".") and TEMP_TAG in name
-
-
-def temp_owner(name: str) -> int | None:
-    """The pid of the process that created temporary file ``name`` (None if not one of ours)."""
-    if not is_temp_file(name):
-        return None
-    pid = name.rsplit(TEMP_TAG, 1)[1].split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None

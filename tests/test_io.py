@@ -11,8 +11,9 @@ import pytest
 from helpers import png_header_only
 from PIL import Image, ImageCms, ImageOps
 
+from ccsr.atomic import atomic_write, is_temp_file
 from ccsr.encode import encode_image, resize_alpha, to_output_pixels
-from ccsr.io import ImageReadError, atomic_write, is_temp_file, read_image
+from ccsr.io import ImageReadError, read_image
 
 
 @pytest.fixture()

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ccsr.atomic import atomic_path, write_text
+
 
 @dataclass(frozen=True)
 class SourceImage:
@@ -90,9 +92,8 @@ def load_photo(source: SourceImage) -> np.ndarray:
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
     """Write atomically: a crash never leaves a truncated PNG that looks complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,13 +134,8 @@ def write_scaled_set(images: dict[str, np.ndarray], folder: str | os.PathLike, m
         raise ValueError(f"no training image has a short side >= min_side={min_side}")
     lines = [path.name for path, repeats in sorted(written) for _ in range(repeats)]
     listing = folder / "train.txt"
-    tmp = folder / ".train.txt.tmp"
-    tmp.write_text(
-        "# ccsr-tiny training crops: one line per crop per epoch (ccsr.data.tiny_data)\n"
-        + "\n".join(lines)
-        + "\n"
-    )
-    os.replace(tmp, listing)
+    header = "# ccsr-tiny training crops: one line per crop per epoch (ccsr.data.tiny_data)\n"
+    write_text(listing, header + "\n".join(lines) + "\n")
     return listing
 
 
@@ -233,9 +229,7 @@ def write_eval_sets(
         "sources": sources or {},
         "files": files,
     }
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, folder / "manifest.json")
+    write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return folder
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ccsr.atomic import write_text
 from ccsr.metrics.iqa import DEFAULT_METRICS
 from ccsr.metrics.readers import REPORT_ASSETS, RunFolderError, to_unit
 from ccsr.metrics.report_render import html_page, markdown
@@ -124,14 +125,8 @@ def evaluate_folder(
         shutil.rmtree(assets)
     os.replace(tmp, assets)
     for name, text in files.items():
-        _atomic_write(out / name, text)
+        write_text(out / name, text)
     return out / "report.html"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _versions() -> dict[str, str]:

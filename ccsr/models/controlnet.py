@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ccsr.atomic import atomic_path, write_text
+
 #: Key of the reference's config flag, and its weight-name prefix on disk vs in memory.
 VAE_CONDITION_KEY = "use_vae_encode_condition"
 DISK_PREFIX = "condition_conv_in."
@@ -108,10 +110,9 @@ def save_ccsr_controlnet(controlnet, folder: str | os.PathLike, prediction_type:
     if prediction_type is not None:
         config[PREDICTION_KEY] = prediction_type
     state = {k: v.detach().contiguous().cpu() for k, v in to_disk_state_dict(controlnet.state_dict()).items()}
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
     return folder
 
 

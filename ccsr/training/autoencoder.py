@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccsr.training.checkpoint import replace_dir_atomically
+from ccsr.atomic import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train
 from ccsr.training.scratch_config import AutoencoderConfig, AutoencoderObjective
 

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ccsr.atomic import replace_dir_atomically
 from ccsr.diffusion import add_noise, predict_x0, training_target
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
-from ccsr.training.checkpoint import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
 

@@ -10,31 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
-
-
-def replace_dir_atomically(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Export a folder: ``write(tmp)`` fills a hidden sibling, which then takes ``target``'s place.
-
-    A crash while writing leaves the previous ``target`` intact (or none), never a half-written one.
-    """
-    target = Path(target)
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-    return target
 
 
 class Progress:

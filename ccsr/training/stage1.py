@@ -159,8 +159,8 @@ class Stage1Step(TrainStep):
 
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write ``output_dir/controlnet`` (release layout; ``CCSRPipeline.from_pretrained(base, controlnet=...)``)."""
+        from ccsr.atomic import replace_dir_atomically
         from ccsr.models.controlnet import save_ccsr_controlnet
-        from ccsr.training.checkpoint import replace_dir_atomically
 
         controlnet = self.unwrap("controlnet")
         kind = self.scheduler.config.prediction_type

@@ -249,7 +249,7 @@ class Stage2Step(TrainStep):
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write the fine-tuned VAE as ``output_dir/vae/`` (diffusers layout, safetensors, float32), loadable
         with ``CCSRPipeline.from_pretrained(model, vae=output_dir)``. Written beside and renamed into place."""
-        from ccsr.training.checkpoint import replace_dir_atomically
+        from ccsr.atomic import replace_dir_atomically
 
         final = Path(output_dir) / "vae"
         if final.resolve() == self.vae_source.resolve():

@@ -66,9 +66,9 @@ def export_release(
     (the release's defaults)."""
     import torch
 
+    from ccsr.atomic import replace_dir_atomically
     from ccsr.models.loading import load_components, write_inference_defaults
     from ccsr.models.tiny import save_release_layout
-    from ccsr.training.checkpoint import replace_dir_atomically
 
     parts = load_components(
         root / "base" / EXPORTS["base"],

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ccsr.atomic import atomic_write
 from ccsr.encode import encode_image, resize_alpha, to_output_pixels
-from ccsr.io import ImageData, ImageReadError, atomic_write, read_image
+from ccsr.io import ImageData, ImageReadError, read_image
 from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.derived import derive_output
 from ccsr.upscale.discovery import InputFile

@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccsr.atomic import write_text
+
 MANIFEST = "manifest.jsonl"
 RUN_JSON = "run.json"
 FAILURES = "failures.txt"
@@ -155,14 +157,8 @@ def compact_manifest(run_dir: Path) -> int:
         out = run_dir / rel
         if out.is_file() and out.stat().st_size == rec.get("output_bytes"):
             kept.append(json.dumps(rec, sort_keys=True, ensure_ascii=True))
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    write_text(path, "".join(line + "\n" for line in kept))
     return len(kept)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    from ccsr.io import atomic_write
-
-    atomic_write(path, text.encode("utf-8"))
 
 
 def settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

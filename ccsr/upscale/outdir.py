@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccsr.io import is_temp_file, temp_owner
+from ccsr.atomic import is_temp_file, temp_owner
 from ccsr.upscale.discovery import InputError
 
 LOCK_NAME = ".ccsr-lock"
@@ -163,7 +163,7 @@ def pid_alive(pid: object) -> bool:
 
 
 def remove_orphan_temps(roots: Iterable[Path], exclude: Iterable[Path] = ()) -> int:
-    """Delete temporary files (:func:`ccsr.io.temp_name`) whose owner process is gone, or is this one
+    """Delete temporary files (:func:`ccsr.atomic.temp_name`) whose owner process is gone, or is this one
     (left by an earlier run in this process), never descending into ``exclude`` (input folders below
     the output folder). A temp file of a live process is left alone. Returns how many were removed."""
     skip = {Path(p).resolve() for p in exclude}

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccsr.upscale.manifest import FAILURES, FAILURES_JSONL, RUN_JSON, write_text_atomic
+from ccsr.atomic import write_text
+from ccsr.upscale.manifest import FAILURES, FAILURES_JSONL, RUN_JSON
 
 _PACKAGES = (
     "ccsr",
@@ -278,9 +279,9 @@ def write_records(
         history[old["settings_hash"]] = old.get("settings")
     history[rec["settings_hash"]] = rec["settings"]
     rec["settings_history"] = history
-    write_text_atomic(run_dir / RUN_JSON, json.dumps(rec, indent=2, ensure_ascii=True, default=str) + "\n")
-    write_text_atomic(run_dir / FAILURES_JSONL, "".join(json.dumps(f.record()) + "\n" for f in fails))
-    write_text_atomic(run_dir / FAILURES, "".join(f.line() + "\n" for f in fails))
+    write_text(run_dir / RUN_JSON, json.dumps(rec, indent=2, ensure_ascii=True, default=str) + "\n")
+    write_text(run_dir / FAILURES_JSONL, "".join(json.dumps(f.record()) + "\n" for f in fails))
+    write_text(run_dir / FAILURES, "".join(f.line() + "\n" for f in fails))
 
 
 def read_run_json(run_dir: Path) -> dict:
