@@ -226,10 +226,12 @@ def _file_is_gray(im: Image.Image, data: bytes) -> bool:
 
 
 def _palette_is_gray(im: Image.Image) -> bool:
-    pal = np.frombuffer(im.palette.tobytes(), np.uint8) if im.palette is not None else None
-    if pal is None or im.palette.mode != "RGB" or pal.size % 3:
+    # getpalette() decodes a palette still held as raw file data (a GIF frame not loaded yet), which
+    # Pillow 12's ImagePalette.tobytes() refuses; "RGB" asks for RGB entries whatever the palette's mode.
+    entries = im.getpalette("RGB")
+    if not entries or len(entries) % 3:
         return False
-    pal = pal.reshape(-1, 3)
+    pal = np.asarray(entries, np.uint8).reshape(-1, 3)
     return bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
 
 

@@ -148,8 +148,8 @@ def upload(page, path: Path) -> None:
         clear.first.click()
     page.locator("#upload input[type=file]").set_input_files(str(path))
     page.wait_for_function(
-        "name => document.querySelector('#upload').innerText.includes(name)", arg=path.name, timeout=30_000
-    )
+        "name => document.querySelector('#upload').innerText.includes(name)", arg=path.name
+    )  # the page's default timeout (240 s): a loaded CI machine can take well over 30 s here
 
 
 def click_upscale(page) -> str:
