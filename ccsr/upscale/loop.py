@@ -226,6 +226,22 @@ def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
     log.failure(f)
 
 
+#: Keys of a run's resolved settings (:func:`ccsr.upscale.plan.plan_jobs`) passed to the pipeline as they are.
+_PIPELINE_SETTINGS = (
+    "num_inference_steps",
+    "t_max",
+    "t_min",
+    "guidance_scale",
+    "start_timestep",
+    "start_point",
+    "prompt",
+    "negative_prompt",
+    "color_fix",
+    "tile_window",
+    "border_pad",
+)
+
+
 def _upscale(
     pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
 ) -> tuple[np.ndarray, dict]:
@@ -239,21 +255,14 @@ def _upscale(
     latent_tiles, vae_tiles = cfg.tiling_for(canvas)
     # The authors' post-processing is 8-bit by definition; 16-bit inputs keep 16 bits through the float path.
     postprocess = task.run.settings["postprocess"] if loaded.image.bit_depth == 8 else "float"
+    # The settings the plan resolved, hashed and recorded are the ones that run (nothing is re-decided).
+    resolved = {k: task.run.settings[k] for k in _PIPELINE_SETTINGS}
     kwargs = dict(
         steps=task.run.steps,
-        num_inference_steps=cfg.num_inference_steps,
-        t_max=cfg.t_max,
-        t_min=cfg.t_min,
-        guidance_scale=cfg.guidance_scale,
-        prompt=task.run.settings["prompt"],
-        negative_prompt=task.run.settings["negative_prompt"],
+        **resolved,
         upscale=cfg.scale,
         process_size=cfg.process_size,
-        color_fix=task.run.settings["color_fix"],
         postprocess=postprocess,
-        tile_window=task.run.settings["tile_window"],
-        start_timestep=cfg.start_timestep,
-        start_point=cfg.start_point,
         tile_batch=cfg.tile_batch,
         output_type="pt",
     )

@@ -131,6 +131,7 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
         color_fix = cfg.color_fix or recommended["color_fix"]
         postprocess = cfg.postprocess or recommended["postprocess"]
         tile_window = cfg.tile_window or recommended["tile_window"]
+        border_pad = recommended["border_pad"]
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model {cfg.model}: {e}") from None
     try:
@@ -166,6 +167,7 @@ def plan_jobs(cfg: UpscaleConfig, device, scan: Scan) -> tuple[list[Job], dict, 
             "color_fix": color_fix,
             "postprocess": postprocess,
             "tile_window": tile_window,
+            "border_pad": border_pad,
             "precision": dtype_name,
             "tiling": cfg.tiling_settings(),
             "format": cfg.output_format,
