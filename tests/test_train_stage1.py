@@ -406,3 +406,18 @@ def test_8bit_adam(tiny_model_dir, photos, tmp_path):
     )
     # bitsandbytes' optimizer state (tiny tensors keep 32-bit moments: bnb quantises from 4096 elements).
     assert state["state"] and all("__bnb_optimizer_quant_state__" in s for s in state["state"].values())
+
+
+def test_a_float16_release_is_continued_in_float32(tiny_model_dir, photos, tmp_path):
+    """ccsr-tiny ships float16 weights; a stage 1 continued from them must train float32 parameters."""
+    import torch
+
+    from ccsr.models.controlnet import load_ccsr_controlnet, save_ccsr_controlnet
+    from ccsr.training.stage1 import build_step
+
+    half = tmp_path / "release" / "controlnet"
+    save_ccsr_controlnet(load_ccsr_controlnet(tiny_model_dir / "controlnet").to(torch.float16), half)
+    assert next(load_ccsr_controlnet(half).parameters()).dtype == torch.float16
+    cfg = _cfg(*_overrides(tiny_model_dir, photos, tmp_path / "out"), f"model.controlnet_init={half.parent}")
+    step = build_step(cfg)
+    assert {p.dtype for p in step.controlnet.parameters()} == {torch.float32}

@@ -211,8 +211,10 @@ def build_step(cfg: Stage1Config) -> Stage1Step:
         )  # copies the UNet encoder (docs/algorithm.md §3.1)
     else:
         init = Path(m.controlnet_init)
-        # Accept the folder itself or its parent, as the reference's subfolder="controlnet".
-        controlnet = load_ccsr_controlnet(init if (init / "config.json").is_file() else init / "controlnet")
+        # Accept the folder itself or its parent, as the reference's subfolder="controlnet". Trained
+        # weights are float32 even when the init was released in float16 (ccsr-tiny is).
+        folder = init if (init / "config.json").is_file() else init / "controlnet"
+        controlnet = load_ccsr_controlnet(folder, torch_dtype=torch.float32)
     degradation = DegradationConfig()  # the reference values
     if cfg.data.degradation is not None:
         if not Path(cfg.data.degradation).is_file():
