@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,56 +29,14 @@ from ccsr.encode import encode_image, resize_alpha, to_output_pixels
 from ccsr.io import ImageData, ImageReadError, read_image
 from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.derived import derive_output
-from ccsr.upscale.discovery import InputFile
 from ccsr.upscale.frames import assemble, frame_rel, remove_frames
-from ccsr.upscale.limits import Header
-from ccsr.upscale.manifest import ManifestWriter
+from ccsr.upscale.jobs import Job, Task
 from ccsr.upscale.runlog import Failure, RunLog, Tally, now_iso
 
 #: Write errors that are about the folder, not the image: the run stops after the image in progress.
 FOLDER_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 )
-
-
-@dataclass
-class RunDir:
-    """One run folder: the output root, or ``steps{S}/`` of a sweep."""
-
-    steps: int
-    dir: Path
-    settings: dict = field(default_factory=dict)
-    hash: str = ""
-    skipped: int = 0
-    writer: ManifestWriter | None = None
-    assembled: set[str] = field(default_factory=set)  # multi-frame outputs put together by this process
-
-
-@dataclass(frozen=True)
-class Task:
-    """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``.
-
-    With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.upscale.derived`) a sample may be computed
-    only to derive other outputs (``rel`` None: not written), and ``kind`` names a derived output
-    ("std", "consensus", "mean") made from the image's samples once they are all computed.
-    """
-
-    run: RunDir
-    sample: int
-    rel: str | None  # output path relative to the run folder (a frame file for a frame); None: not written
-    kind: str = "sample"
-    settings: str | None = None  # settings hash recorded for this output (default: the run's)
-    final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.upscale.frames)
-
-
-@dataclass
-class Job:
-    """One input image (or one frame of a multi-frame input) and the outputs it still needs."""
-
-    file: InputFile
-    tasks: list[Task]
-    frame: int = 0
-    header: Header | None = None  # frame sizes, durations and loop of a multi-frame input
 
 
 @dataclass
@@ -162,7 +120,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                 try:
                     if task.kind == "sample":
                         on_tile = functools.partial(log.tile, job.file.rel)
-                        sr, info = _upscale(pipe, loaded, task, cfg, on_tile)
+                        sr, info = _upscale(pipe, job, loaded, task, cfg, on_tile)
                     else:
                         sr, info = derive_output(task, kept, cfg)
                 except Exception as e:  # one image's model failure must not end a 10k-image run
@@ -226,43 +184,29 @@ def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
     log.failure(f)
 
 
-#: Keys of a run's resolved settings (:func:`ccsr.upscale.plan.plan_jobs`) passed to the pipeline as they are.
-_PIPELINE_SETTINGS = (
-    "num_inference_steps",
-    "t_max",
-    "t_min",
-    "guidance_scale",
-    "start_timestep",
-    "start_point",
-    "prompt",
-    "negative_prompt",
-    "color_fix",
-    "tile_window",
-    "border_pad",
-)
+def _canvas_size(job: Job, image: ImageData, cfg: UpscaleConfig) -> tuple[int, int]:
+    """The canvas the model works on, from the resize plan the size limits made from the header; planned
+    here when the decoded image's size differs (no header, or a PNG turned by EXIF after its pixel data)."""
+    from ccsr.image import plan_resize
+
+    plan = job.plan
+    if plan is None or plan.input_size != image.size:
+        plan = plan_resize(image.size, cfg.scale, cfg.process_size)
+    return plan.canvas_size
 
 
 def _upscale(
-    pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
+    pipe, job: Job, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
 ) -> tuple[np.ndarray, dict]:
     """One (image, sample) through the pipeline: ``(3, H, W)`` float32 in ``[0, 1]`` at the output size,
     plus what the manifest records about how it was made. ``on_tile(done, total)`` reports tiled progress."""
     import torch
 
-    from ccsr.image import plan_resize
-
-    canvas = plan_resize(loaded.image.size, cfg.scale, cfg.process_size).canvas_size
-    latent_tiles, vae_tiles = cfg.tiling_for(canvas)
-    # The authors' post-processing is 8-bit by definition; 16-bit inputs keep 16 bits through the float path.
-    postprocess = task.run.settings["postprocess"] if loaded.image.bit_depth == 8 else "float"
+    img = loaded.image
+    latent_tiles, vae_tiles = cfg.tiling_for(_canvas_size(job, img, cfg))
     # The settings the plan resolved, hashed and recorded are the ones that run (nothing is re-decided).
-    resolved = {k: task.run.settings[k] for k in _PIPELINE_SETTINGS}
     kwargs = dict(
-        steps=task.run.steps,
-        **resolved,
-        upscale=cfg.scale,
-        process_size=cfg.process_size,
-        postprocess=postprocess,
+        **task.run.resolved.pipeline_kwargs(img.bit_depth),
         tile_batch=cfg.tile_batch,
         output_type="pt",
     )
@@ -289,7 +233,7 @@ def _upscale(
         "timesteps": list(out.timesteps),
         "tiled": latent_tiles,
         "vae_tiled": vae_tiles,
-        "postprocess": postprocess,
+        "postprocess": kwargs["postprocess"],
     }
 
 

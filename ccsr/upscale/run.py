@@ -32,8 +32,9 @@ from ccsr.models.shipped import resolve_model_root
 from ccsr.upscale import derived
 from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.discovery import InputError
+from ccsr.upscale.jobs import RunDir
 from ccsr.upscale.limits import mp, output_pixels
-from ccsr.upscale.loop import RunDir, process
+from ccsr.upscale.loop import process
 from ccsr.upscale.manifest import (
     FAILURES_JSONL,
     MANIFEST,
@@ -226,7 +227,7 @@ def _finish(
             write_records(
                 run.dir,
                 run.steps,
-                {**base, "settings": run.settings, "settings_hash": run.hash},
+                {**base, "settings": run.resolved.as_dict(), "settings_hash": run.hash},
                 total,
                 run.skipped,
             )
