@@ -95,10 +95,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     """
     workers = cfg.resolved_workers(pipe._execution_device.type)
     readers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-read") if workers else None
-    writers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
-    slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting to be written
-    done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
-    lock = threading.Lock()
+    outputs = _Outputs(cfg, tally, log, workers)
     log.start_bar(len(shard))
     loop0 = time.perf_counter()
     started = 0
@@ -109,42 +106,10 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                 break
             started += 1
             if isinstance(loaded, str):
-                _fail(tally, log, Failure(str(job.file.path), loaded), lock)
+                outputs.fail(Failure(str(job.file.path), loaded))
                 log.image_failed()
-                continue
-            t0 = time.perf_counter()
-            ok = 0
-            derived = [t for t in job.tasks if t.kind != "sample"]
-            kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
-            for task in [t for t in job.tasks if t.kind == "sample"] + derived:
-                try:
-                    if task.kind == "sample":
-                        on_tile = functools.partial(log.tile, job.file.rel)
-                        sr, info = _upscale(pipe, job, loaded, task, cfg, on_tile)
-                    else:
-                        sr, info = derive_output(task, kept, cfg)
-                except Exception as e:  # one image's model failure must not end a 10k-image run
-                    _fail(tally, log, Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)), lock)
-                    continue
-                ok += 1
-                if derived and task.kind == "sample":
-                    kept[(task.run.dir, task.sample)] = (sr, info)
-                if task.rel is None:
-                    continue
-                if writers is None:
-                    _finish_write(job, task, loaded, sr, info, cfg, tally, log, lock)
-                else:
-                    slots.acquire()
-                    fut = writers.submit(_finish_write, job, task, loaded, sr, info, cfg, tally, log, lock)
-                    fut.add_done_callback(lambda _f: slots.release())
-            if ok == len(job.tasks):
-                done.add(str(job.file.path))
-                with lock:
-                    tally.image_seconds.append(time.perf_counter() - t0)
-                label = job.file.rel + (f" [frame {job.frame + 1}/{job.header.frames}]" if job.header else "")
-                log.image_done(label, time.perf_counter() - t0, ok)
             else:
-                log.image_failed()
+                _run_job(pipe, job, loaded, outputs)
     except KeyboardInterrupt:
         tally.interrupted = True
         tally.not_started = len(shard) - started
@@ -155,12 +120,37 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
         restore()
         if readers is not None:
             readers.shutdown(wait=True, cancel_futures=True)
-        if writers is not None:
-            writers.shutdown(wait=True)
+        outputs.close()
         failed = {f.input for f in tally.failures}
-        tally.images_done += sum(1 for d in done if d not in failed)
+        tally.images_done += sum(1 for d in outputs.done if d not in failed)
         tally.loop_seconds += time.perf_counter() - loop0
         tally.peak_gpu_bytes = max(tally.peak_gpu_bytes, _peak_gpu_bytes())
+
+
+def _run_job(pipe, job: Job, loaded: Loaded, outputs: _Outputs) -> None:
+    """Every task of one job: the samples through the pipeline, then the outputs derived from them; each
+    output written goes to ``outputs``. One task's failure is recorded and the others go on."""
+    cfg = outputs.cfg
+    t0 = time.perf_counter()
+    ok = 0
+    derived = [t for t in job.tasks if t.kind != "sample"]
+    kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
+    for task in [t for t in job.tasks if t.kind == "sample"] + derived:
+        try:
+            if task.kind == "sample":
+                on_tile = functools.partial(outputs.log.tile, job.file.rel)
+                sr, info = _upscale(pipe, job, loaded, task, cfg, on_tile)
+            else:
+                sr, info = derive_output(task, kept, cfg)
+        except Exception as e:  # one image's model failure must not end a 10k-image run
+            outputs.fail(Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)))
+            continue
+        ok += 1
+        if derived and task.kind == "sample":
+            kept[(task.run.dir, task.sample)] = (sr, info)
+        if task.rel is not None:
+            outputs.submit(job, task, loaded, sr, info)
+    outputs.image_done(job, ok, time.perf_counter() - t0)
 
 
 def _peak_gpu_bytes() -> int:
@@ -176,12 +166,6 @@ def _steps_of(cfg: UpscaleConfig, task: Task) -> int | None:
 def _reason(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
-def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
-    with lock:
-        tally.failures.append(f)
-    log.failure(f)
 
 
 def _canvas_size(job: Job, image: ImageData, cfg: UpscaleConfig) -> tuple[int, int]:
@@ -237,51 +221,83 @@ def _upscale(
     }
 
 
-def _finish_write(
-    job: Job,
-    task: Task,
-    loaded: Loaded,
-    sr: np.ndarray,
-    info: dict,
-    cfg: UpscaleConfig,
-    tally: Tally,
-    log: RunLog,
-    lock: threading.Lock,
-) -> None:
-    """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
+class _Outputs:
+    """The write side of the loop: each finished output is encoded, written atomically and recorded, in
+    this thread or in ``workers`` writer threads (at most ``2 * workers`` waiting); failures and counts
+    go to ``tally`` under one lock."""
+
+    def __init__(self, cfg: UpscaleConfig, tally: Tally, log: RunLog, workers: int) -> None:
+        self.cfg, self.tally, self.log = cfg, tally, log
+        self.lock = threading.Lock()
+        self.done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
+        self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
+        self._slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting
+
+    def submit(self, job: Job, task: Task, loaded: Loaded, sr: np.ndarray, info: dict) -> None:
+        if self._pool is None:
+            self._write(job, task, loaded, sr, info)
+            return
+        self._slots.acquire()
+        fut = self._pool.submit(self._write, job, task, loaded, sr, info)
+        fut.add_done_callback(lambda _f: self._slots.release())
+
+    def fail(self, f: Failure) -> None:
+        with self.lock:
+            self.tally.failures.append(f)
+        self.log.failure(f)
+
+    def image_done(self, job: Job, ok: int, seconds: float) -> None:
+        """One job's tasks are computed, ``ok`` of them without error."""
+        if ok != len(job.tasks):
+            self.log.image_failed()
+            return
+        self.done.add(str(job.file.path))
+        with self.lock:
+            self.tally.image_seconds.append(seconds)
+        label = job.file.rel + (f" [frame {job.frame + 1}/{job.header.frames}]" if job.header else "")
+        self.log.image_done(label, seconds, ok)
+
+    def close(self) -> None:
+        """Wait for the writes in flight."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _write(self, job: Job, task: Task, loaded: Loaded, sr: np.ndarray, info: dict) -> None:
+        """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
+        out = task.run.dir / task.rel
+        try:
+            data, notes = _encode(task, loaded, sr, self.cfg)
+            _write_recorded(out, data, task, _entry(job, task, loaded, self.cfg, data, notes, info))
+            if task.final is not None:
+                notes = _assemble_when_complete(job, task, loaded, self.cfg)
+        except Exception as e:
+            why = f"could not write {out}: {_reason(e)}"
+            self.fail(Failure(str(job.file.path), why, _steps_of(self.cfg, task)))
+            if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:
+                with self.lock:
+                    self.tally.stopped = (
+                        self.tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
+                    )
+            return
+        with self.lock:
+            if task.final is None or notes is not None:
+                self.tally.outputs[task.run.steps] = self.tally.outputs.get(task.run.steps, 0) + 1
+            for n in notes or ():
+                if n not in self.tally.notes:
+                    self.tally.notes.append(n)
+                    self.log.say(f"note: {n}")
+
+
+def _encode(task: Task, loaded: Loaded, sr: np.ndarray, cfg: UpscaleConfig) -> tuple[bytes, list[str]]:
+    """The file's bytes and what it could not keep: an output in the run's format, a frame as PNG, a
+    rendered picture (the uncertainty heat map) as plain PNG."""
     img = loaded.image
-    out = task.run.dir / task.rel
-    try:
-        if isinstance(sr, Image.Image):  # a rendered picture (the uncertainty heat map): plain PNG
-            data, notes = encode_image(np.asarray(sr.convert("RGB")), None, "png")
-        elif task.final is None:
-            pixels = to_output_pixels(sr, img.gray, img.bit_depth)
-            data, notes = encode_image(
-                pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
-            )
-        else:  # a frame waits losslessly for the others (ccsr.upscale.frames)
-            data, notes = encode_image(to_output_pixels(sr, img.gray, img.bit_depth), loaded.alpha, "png")
-        _write_recorded(out, data, task, _entry(job, task, loaded, cfg, data, notes, info))
-        if task.final is not None:
-            notes = _assemble_when_complete(job, task, loaded, cfg, lock)
-    except Exception as e:
-        _fail(
-            tally,
-            log,
-            Failure(str(job.file.path), f"could not write {out}: {_reason(e)}", _steps_of(cfg, task)),
-            lock,
-        )
-        if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:
-            with lock:
-                tally.stopped = tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
-        return
-    with lock:
-        if task.final is None or notes is not None:
-            tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
-        for n in notes or ():
-            if n not in tally.notes:
-                tally.notes.append(n)
-                log.say(f"note: {n}")
+    if isinstance(sr, Image.Image):
+        return encode_image(np.asarray(sr.convert("RGB")), None, "png")
+    pixels = to_output_pixels(sr, img.gray, img.bit_depth)
+    if task.final is None:
+        return encode_image(pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif)
+    return encode_image(pixels, loaded.alpha, "png")  # a frame waits losslessly for the others
 
 
 def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes, notes, info: dict) -> dict:
@@ -323,9 +339,7 @@ def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
 _ASSEMBLY = threading.Lock()
 
 
-def _assemble_when_complete(
-    job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, lock: threading.Lock
-) -> list[str] | None:
+def _assemble_when_complete(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig) -> list[str] | None:
     """After a frame is written: when every frame of ``task.final`` is on disk, write the multi-frame
     output and remove the frame files. Returns the notes of the output written, or None (not yet)."""
     header = job.header
