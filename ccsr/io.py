@@ -32,6 +32,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -232,7 +233,7 @@ def _file_is_gray(im: Image.Image, data: bytes) -> bool:
         if colour_type in (2, 6):
             return False
     if im.format == "TIFF":
-        photometric = im.tag_v2.get(262)
+        photometric = im.tag_v2.get(262)  # type: ignore[attr-defined]  # a TiffImageFile
         if photometric in (0, 1):  # WhiteIsZero, BlackIsZero: gray samples, alpha or not
             return True
         if photometric is not None and photometric != 3:
@@ -255,7 +256,7 @@ def _is_16bit_color(im: Image.Image, data: bytes) -> bool:
     if im.format == "PNG" and data[12:16] == b"IHDR":
         return data[24] == 16 and data[25] in (2, 4, 6)  # truecolour, gray+alpha, truecolour+alpha
     if im.format == "TIFF":
-        bits = im.tag_v2.get(258, (8,))
+        bits = im.tag_v2.get(258, (8,))  # type: ignore[attr-defined]  # a TiffImageFile
         bits = bits if isinstance(bits, tuple) else (bits,)
         return max(bits) == 16 and len(bits) > 1
     return False
@@ -287,7 +288,10 @@ def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            srgb = ImageCms.createProfile("sRGB")
+            return cast(
+                Image.Image, ImageCms.profileToProfile(im, src, srgb, outputMode="RGB")
+            )  # not in place
         except Exception:  # a broken or unsupported profile: fall back to Pillow's plain conversion
             pass
     return im.convert("RGB")

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.manifest import settings_hash
@@ -100,7 +101,7 @@ def plan_tasks(run, out_rel: str, cfg: UpscaleConfig, rel_for: Callable[[int], s
     return samples + derived
 
 
-def derive_output(task, kept: dict, cfg: UpscaleConfig) -> tuple[object, dict]:
+def derive_output(task, kept: dict, cfg: UpscaleConfig) -> tuple[np.ndarray | Image.Image, dict]:
     """Make a derived output from the image's computed samples ``kept[(run dir, k)] = (sr, info)``.
 
     Returns what the writer takes: a float ``(3, H, W)`` output or a rendered PIL image, and the

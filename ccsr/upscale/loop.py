@@ -33,6 +33,9 @@ from ccsr.upscale.frames import assemble, frame_rel, remove_frames
 from ccsr.upscale.jobs import Job, Task
 from ccsr.upscale.runlog import Failure, RunLog, Tally, now_iso
 
+#: What the writer takes: a float ``(3, H, W)`` output, or a rendered picture (the uncertainty heat map).
+Output = np.ndarray | Image.Image
+
 #: Write errors that are about the folder, not the image: the run stops after the image in progress.
 FOLDER_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
@@ -135,6 +138,7 @@ def _run_job(pipe, job: Job, loaded: Loaded, outputs: _Outputs) -> None:
     ok = 0
     derived = [t for t in job.tasks if t.kind != "sample"]
     kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
+    sr: Output
     for task in [t for t in job.tasks if t.kind == "sample"] + derived:
         try:
             if task.kind == "sample":
@@ -233,7 +237,7 @@ class _Outputs:
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
         self._slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting
 
-    def submit(self, job: Job, task: Task, loaded: Loaded, sr: np.ndarray, info: dict) -> None:
+    def submit(self, job: Job, task: Task, loaded: Loaded, sr: Output, info: dict) -> None:
         if self._pool is None:
             self._write(job, task, loaded, sr, info)
             return
@@ -262,9 +266,11 @@ class _Outputs:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _write(self, job: Job, task: Task, loaded: Loaded, sr: np.ndarray, info: dict) -> None:
+    def _write(self, job: Job, task: Task, loaded: Loaded, sr: Output, info: dict) -> None:
         """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
+        assert task.rel is not None, "a sample computed only to derive others is not written"
         out = task.run.dir / task.rel
+        notes: list[str] | None
         try:
             data, notes = _encode(task, loaded, sr, self.cfg)
             _write_recorded(out, data, task, _entry(job, task, loaded, self.cfg, data, notes, info))
@@ -288,7 +294,7 @@ class _Outputs:
                     self.log.say(f"note: {n}")
 
 
-def _encode(task: Task, loaded: Loaded, sr: np.ndarray, cfg: UpscaleConfig) -> tuple[bytes, list[str]]:
+def _encode(task: Task, loaded: Loaded, sr: Output, cfg: UpscaleConfig) -> tuple[bytes, list[str]]:
     """The file's bytes and what it could not keep: an output in the run's format, a frame as PNG, a
     rendered picture (the uncertainty heat map) as plain PNG."""
     img = loaded.image
@@ -328,10 +334,13 @@ def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes
 def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
     """Atomic write of ``out``, listed in the manifest before it appears under its name."""
 
+    writer = task.run.writer
+    assert writer is not None, "the run's manifest is opened before the loop starts"
+
     def record(st) -> None:
         if out.exists():  # --overwrite: drop the old file first, see ccsr.upscale.manifest on the ordering
             out.unlink()
-        task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
+        writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
 
     atomic_write(out, data, record)
 
@@ -342,19 +351,19 @@ _ASSEMBLY = threading.Lock()
 def _assemble_when_complete(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig) -> list[str] | None:
     """After a frame is written: when every frame of ``task.final`` is on disk, write the multi-frame
     output and remove the frame files. Returns the notes of the output written, or None (not yet)."""
-    header = job.header
-    run = task.run
+    header, final, run = job.header, task.final, task.run
+    assert header is not None and final is not None, "only the frames of a multi-frame output are assembled"
     with _ASSEMBLY:  # frames finish in several writer threads: one of them puts them together
-        if task.final in run.assembled:
+        if final in run.assembled:
             return None
-        if not all((run.dir / frame_rel(task.final, k)).is_file() for k in range(header.frames)):
+        if not all((run.dir / frame_rel(final, k)).is_file() for k in range(header.frames)):
             return None
-        data, notes = assemble(run.dir, task.final, header, cfg.quality)
-        whole = Task(run, task.sample, task.final)
+        data, notes = assemble(run.dir, final, header, cfg.quality)
+        whole = Task(run, task.sample, final)
         entry = _entry(job, whole, loaded, cfg, data, notes, {"frames": header.frames})
-        _write_recorded(run.dir / task.final, data, whole, entry)
-        run.assembled.add(task.final)
-        remove_frames(run.dir, task.final, header.frames)
+        _write_recorded(run.dir / final, data, whole, entry)
+        run.assembled.add(final)
+        remove_frames(run.dir, final, header.frames)
     return notes
 
 
@@ -367,4 +376,8 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, old)
+
+    def undo() -> None:
+        signal.signal(signal.SIGTERM, old)
+
+    return undo

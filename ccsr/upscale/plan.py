@@ -100,7 +100,7 @@ def _planned_outputs(
         for r in runs
         for f in files
         for rel in derived.output_rels(
-            cfg, f.output_rel(ext_for(f)), lambda k, f=f: _rel_for(cfg, f, k, ext_for(f))
+            cfg, f.output_rel(ext_for(f)), functools.partial(_rel_for, cfg, f, ext=ext_for(f))
         )
     ]
 

@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccsr.upscale import derived
 from ccsr.upscale.config import UpscaleConfig
@@ -333,7 +334,7 @@ def _report(cfg: UpscaleConfig) -> int:
         return EXIT_FAILURES
     from ccsr.metrics.iqa import MetricUnavailable
 
-    kwargs = {} if cfg.report_metrics is None else {"metrics": tuple(cfg.report_metrics)}
+    kwargs: dict[str, Any] = {} if cfg.report_metrics is None else {"metrics": tuple(cfg.report_metrics)}
     try:
         path = write_report(
             Path(cfg.output), gt_dir=None if cfg.report_gt is None else Path(cfg.report_gt), **kwargs
