@@ -32,6 +32,7 @@ from ccsr.upscale.derived import derive_output
 from ccsr.upscale.frames import assemble, frame_rel, remove_frames
 from ccsr.upscale.jobs import Job, Task
 from ccsr.upscale.runlog import Failure, RunLog, Tally, now_iso
+from ccsr.upscale.settings import RunSettings
 
 #: What the writer takes: a float ``(3, H, W)`` output, or a rendered picture (the uncertainty heat map).
 Output = np.ndarray | Image.Image
@@ -172,14 +173,14 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _canvas_size(job: Job, image: ImageData, cfg: UpscaleConfig) -> tuple[int, int]:
+def _canvas_size(job: Job, image: ImageData, settings: RunSettings) -> tuple[int, int]:
     """The canvas the model works on, from the resize plan the size limits made from the header; planned
     here when the decoded image's size differs (no header, or a PNG turned by EXIF after its pixel data)."""
     from ccsr.image import plan_resize
 
     plan = job.plan
     if plan is None or plan.input_size != image.size:
-        plan = plan_resize(image.size, cfg.scale, cfg.process_size)
+        plan = plan_resize(image.size, settings.scale, settings.process_size)
     return plan.canvas_size
 
 
@@ -191,20 +192,23 @@ def _upscale(
     import torch
 
     img = loaded.image
-    latent_tiles, vae_tiles = cfg.tiling_for(_canvas_size(job, img, cfg))
     # The settings the plan resolved, hashed and recorded are the ones that run (nothing is re-decided).
-    kwargs = dict(
-        **task.run.resolved.pipeline_kwargs(img.bit_depth),
-        tile_batch=cfg.tile_batch,
-        output_type="pt",
-    )
+    settings = task.run.resolved
+    tiling = settings.tiling
+    latent_tiles, vae_tiles = tiling.for_canvas(_canvas_size(job, img, settings))
+    kwargs = settings.pipeline_kwargs(img.bit_depth)
 
     def call(tiled: bool, vae: bool):
         gen = torch.Generator("cpu").manual_seed(cfg.seed + task.sample)
-        tile = (
-            dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride, tile_callback=on_tile) if tiled else {}
+        window = dict(tile_size=tiling.tile_size, tile_stride=tiling.tile_stride, tile_callback=on_tile)
+        return pipe(
+            loaded.model_input,
+            generator=gen,
+            vae_tiling=vae,
+            output_type="pt",
+            **(window if tiled else {}),
+            **kwargs,
         )
-        return pipe(loaded.model_input, generator=gen, vae_tiling=vae, **tile, **kwargs)
 
     try:
         out = call(latent_tiles, vae_tiles)

@@ -19,7 +19,7 @@ from ccsr.upscale.discovery import InputError
 from ccsr.upscale.manifest import settings_hash
 
 #: Settings passed to the pipeline under their own name (``scale`` goes as ``upscale``, ``postprocess``
-#: by bit depth: :meth:`RunSettings.pipeline_kwargs`).
+#: by bit depth, tiling by canvas size: :meth:`RunSettings.pipeline_kwargs`, :class:`TileSettings`).
 PIPELINE_KEYS = (
     "steps",
     "num_inference_steps",
@@ -35,6 +35,33 @@ PIPELINE_KEYS = (
     "tile_window",
     "border_pad",
 )
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """Latent and VAE tiling of a run (``--tiling``, ``--vae-tiling``: auto, on, off; auto tiles a canvas of
+    more than ``threshold`` pixels), and the latent tiles' window in pixels of the canvas."""
+
+    latent: str
+    vae: str
+    tile_size: int
+    tile_stride: int
+    tile_batch: int
+    threshold: int
+
+    @classmethod
+    def of(cls, cfg: UpscaleConfig) -> TileSettings:
+        return cls(
+            cfg.tiling, cfg.vae_tiling, cfg.tile_size, cfg.tile_stride, cfg.tile_batch, cfg.tile_threshold
+        )
+
+    def for_canvas(self, canvas_size: tuple[int, int]) -> tuple[bool, bool]:
+        """(latent tiling, VAE tiling) for a canvas of ``(width, height)`` pixels."""
+        big = canvas_size[0] * canvas_size[1] > self.threshold
+        return (
+            self.latent == "on" or (self.latent == "auto" and big),
+            self.vae == "on" or (self.vae == "auto" and big),
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +86,7 @@ class RunSettings:
     tile_window: str
     border_pad: int
     precision: str
-    tiling: dict
+    tiling: TileSettings
     format: str
     quality: int | None
     frames: str
@@ -89,6 +116,7 @@ class RunSettings:
             **{k: getattr(self, k) for k in PIPELINE_KEYS},
             "upscale": self.scale,
             "postprocess": self.postprocess_for(bit_depth),
+            "tile_batch": self.tiling.tile_batch,
         }
 
 
@@ -126,7 +154,7 @@ def resolve_settings(
         tile_window=cfg.tile_window or recommended["tile_window"],
         border_pad=recommended["border_pad"],
         precision=precision,
-        tiling=cfg.tiling_settings(),
+        tiling=TileSettings.of(cfg),
         format=cfg.output_format,
         quality=cfg.quality if cfg.output_format in ("jpg", "webp") else None,
         frames=cfg.frames,
