@@ -21,13 +21,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
-from ccsr.image import ResizePlan, make_canvas, pad_canvas, pil_to_tensor, plan_resize
+from ccsr.image import make_canvas, pad_canvas, pil_to_tensor, plan_resize
 from ccsr.models.loading import REFERENCE_DEFAULTS
 from ccsr.options import check_color_fix, check_postprocess, check_tile_window
 from ccsr.postprocess import finish_images
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import tile_windows
+from ccsr.tiling import latent_tiles, tile_counter, tile_windows
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -208,9 +208,11 @@ class CCSRPipeline(DiffusionPipeline):
     def _randn(self, shape: tuple[int, ...], generator: GeneratorArg) -> torch.Tensor:
         return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in ``[0, 1]`` (:func:`ccsr.encoding.decode_latent`)."""
-        return (decode_latent(self.vae, latents) / 2 + 0.5).clamp(0, 1)
+    def _decode(self, latents: torch.Tensor, pad: int = 0) -> torch.Tensor:
+        """Latents -> images in ``[0, 1]`` (:func:`ccsr.encoding.decode_latent`), less ``pad`` pixels of
+        mirrored border on each side."""
+        decoded = (decode_latent(self.vae, latents) / 2 + 0.5).clamp(0, 1)
+        return decoded[..., pad:-pad, pad:-pad] if pad else decoded
 
     # ------------------------------------------------------------------ steps of a call
     def _resolve_finish(
@@ -231,23 +233,6 @@ class CCSRPipeline(DiffusionPipeline):
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {shape} for this image")
         return shape
-
-    def _finish(
-        self,
-        x: torch.Tensor,
-        canvas: torch.Tensor,
-        pad: int,
-        plan: ResizePlan,
-        color_fix: str,
-        postprocess: str,
-        output_type: str,
-    ) -> object:
-        """Stage 2: decode the clean latent, crop the mirrored border, colour fix and resize
-        (:func:`ccsr.postprocess.finish_images`)."""
-        decoded = self._decode(x)
-        if pad:
-            decoded = decoded[..., pad:-pad, pad:-pad]
-        return finish_images(decoded, canvas, color_fix, plan.output_size, postprocess, output_type)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -332,7 +317,7 @@ class CCSRPipeline(DiffusionPipeline):
         pad = self.default_border_pad if border_pad is None else border_pad
         padded = pad_canvas(canvas, pad)
         latent_shape = self._latent_shape(len(images), padded, latents)
-        tiles = _latent_tiles(tile_size, tile_stride, self.vae_scale_factor)
+        tiles = latent_tiles(tile_size, tile_stride, self.vae_scale_factor)
 
         # 3. Text embeddings (cached across calls).
         pos = self.encode_prompt(prompt)
@@ -351,7 +336,7 @@ class CCSRPipeline(DiffusionPipeline):
                 windows = (
                     len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) * schedule.num_network_evals
                 )
-                tiling = Tiles(*tiles, tile_batch, tile_window, _tile_progress(tile_callback, windows))
+                tiling = Tiles(*tiles, tile_batch, tile_window, tile_counter(tile_callback, windows))
 
             # 5-6. Extraction step, re-noising, truncated DDPM loop (docs/algorithm.md §1.5).
             x = sample_clean_latent(
@@ -369,11 +354,11 @@ class CCSRPipeline(DiffusionPipeline):
                 generator=generator,
             )
             # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
-            result = (
-                x
-                if output_type == "latent"
-                else self._finish(x, canvas, pad, plan, color_fix, postprocess, output_type)
-            )
+            if output_type == "latent":
+                result: object = x
+            else:
+                decoded = self._decode(x, pad)
+                result = finish_images(decoded, canvas, color_fix, plan.output_size, postprocess, output_type)
         finally:
             if vae_tiling:
                 self.vae.disable_tiling()
@@ -407,29 +392,3 @@ def _check_choices(
         raise ValueError(f"output_type={output_type!r} must be 'pil', 'np', 'pt' or 'latent'")
     if isinstance(generator, list) and len(generator) != b:
         raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
-
-
-def _latent_tiles(tile_size: int | None, tile_stride: int | None, factor: int) -> tuple[int, int] | None:
-    """``(size, stride)`` of the latent tiles for windows of ``tile_size`` / ``tile_stride`` pixels (stride
-    default: half the size); None: no tiling."""
-    if tile_size is None:
-        return None
-    stride = tile_stride if tile_stride is not None else tile_size // 2
-    m = max(factor, 8)
-    if tile_size % m or stride % m or stride <= 0 or stride > tile_size:
-        raise ValueError(
-            f"tile_size={tile_size} and tile_stride={stride} must be multiples of {m} with 0 < stride <= size"
-        )
-    return tile_size // factor, stride // factor
-
-
-def _tile_progress(callback: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
-    """Counts the tiles done over all evaluations and reports ``(done, total)`` to ``callback``."""
-    done = [0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        if callback is not None:
-            callback(done[0], total)
-
-    return progress
