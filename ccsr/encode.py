@@ -155,7 +155,7 @@ def _to_pil(color: np.ndarray, alpha: np.ndarray | None, fmt: str, notes: list[s
     mode = {(True, False): "L", (True, True): "LA", (False, False): "RGB", (False, True): "RGBA"}[
         (gray, alpha is not None)
     ]
-    if mode == "LA" and fmt == "bmp":
+    if alpha is not None and mode == "LA" and fmt == "bmp":
         arr, mode = np.concatenate([np.repeat(color, 3, axis=2), alpha[..., None]], axis=2), "RGBA"
         notes.append("gray+alpha written as RGBA: bmp has no gray+alpha mode")
     return Image.fromarray(arr if arr.shape[2] > 1 else arr[..., 0], mode)
@@ -174,7 +174,7 @@ def _encode_16bit(
     notes: list[str],
 ) -> bytes:
     gray_alpha = color.shape[2] == 1 and alpha is not None
-    if gray_alpha and fmt == "png":
+    if alpha is not None and gray_alpha and fmt == "png":
         return png_insert_chunks(png16(np.concatenate([color, alpha[..., None]], axis=2)), icc, exif)
     cv2 = _cv2()
     if gray_alpha:

@@ -32,6 +32,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -159,15 +160,7 @@ def _decode(im: Image.Image, data: bytes, frame: int = 0):
     """-> (color, alpha, icc, exif bytes, exif orientation, format name)."""
     fmt = im.format or "unknown"
     icc = im.info.get("icc_profile") or None
-    exif_obj = im.getexif()
-    orientation = int(exif_obj.get(_EXIF_ORIENTATION, 1) or 1)
-    exif = None
-    # TIFF "EXIF" from getexif() is the TIFF's own IFD (strip offsets, compression...), not a camera
-    # record to copy; only formats with a real EXIF block carry it over.
-    if fmt in ("JPEG", "MPO", "PNG", "WEBP") and len(exif_obj):
-        if _EXIF_ORIENTATION in exif_obj:
-            exif_obj[_EXIF_ORIENTATION] = 1
-        exif = exif_obj.tobytes()
+    exif, orientation = _exif_of(im, fmt)
     if frame >= int(getattr(im, "n_frames", 1) or 1):
         raise ImageReadError(f"has no frame {frame} (it has {getattr(im, 'n_frames', 1)})")
     im.seek(frame)
@@ -176,22 +169,45 @@ def _decode(im: Image.Image, data: bytes, frame: int = 0):
         color, alpha = _decode_16bit(data, gray, frame)
         return color, alpha, icc, exif, orientation, fmt
     im.load()
+    if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(_to_srgb(im, icc)), None, None, exif, orientation, fmt
+    color, alpha = _pixels(_plain_mode(im), gray)
+    return color, alpha, icc, exif, orientation, fmt
+
+
+def _exif_of(im: Image.Image, fmt: str) -> tuple[bytes | None, int]:
+    """The EXIF block to carry over (orientation reset to upright) and the EXIF orientation."""
+    exif_obj = im.getexif()
+    orientation = int(exif_obj.get(_EXIF_ORIENTATION, 1) or 1)
+    # TIFF "EXIF" from getexif() is the TIFF's own IFD (strip offsets, compression...), not a camera
+    # record to copy; only formats with a real EXIF block carry it over.
+    if fmt not in ("JPEG", "MPO", "PNG", "WEBP") or not len(exif_obj):
+        return None, orientation
+    if _EXIF_ORIENTATION in exif_obj:
+        exif_obj[_EXIF_ORIENTATION] = 1
+    return exif_obj.tobytes(), orientation
+
+
+def _plain_mode(im: Image.Image) -> Image.Image:
+    """``im`` in a mode whose array is its pixels: palettes expanded, premultiplied alpha undone, 1-bit as
+    8-bit, RGBX as RGB. 32-bit float images are refused."""
     mode = im.mode
-    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = _to_srgb(im, icc)
-        return np.asarray(rgb), None, None, exif, orientation, fmt
-    if mode == "P" or mode == "PA":
-        im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
-        mode = im.mode
-    elif mode in ("RGBa", "La"):
-        im = im.convert("RGBA" if mode == "RGBa" else "LA")
-        mode = im.mode
+    if mode in ("P", "PA"):
+        return im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
+    if mode in ("RGBa", "La"):
+        return im.convert("RGBA" if mode == "RGBa" else "LA")
     if mode == "1":
-        im, mode = im.convert("L"), "L"
+        return im.convert("L")
     if mode == "RGBX":
-        im, mode = im.convert("RGB"), "RGB"
+        return im.convert("RGB")
     if mode == "F":
         raise ImageReadError("32-bit float images are not supported; convert it to 8- or 16-bit first")
+    return im
+
+
+def _pixels(im: Image.Image, gray: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(color (H, W, 1 or 3), alpha or None)`` of an image in a plain mode, 8 or 16 bits."""
+    mode = im.mode
     arr = np.asarray(im)
     if mode.startswith("I"):
         arr = arr.astype(np.int64)
@@ -205,7 +221,7 @@ def _decode(im: Image.Image, data: bytes, frame: int = 0):
         arr = arr[..., None]
     if gray and arr.shape[2] == 3:
         arr = arr[..., :1]
-    return np.ascontiguousarray(arr), alpha, icc, exif, orientation, fmt
+    return np.ascontiguousarray(arr), alpha
 
 
 def _file_is_gray(im: Image.Image, data: bytes) -> bool:
@@ -217,7 +233,7 @@ def _file_is_gray(im: Image.Image, data: bytes) -> bool:
         if colour_type in (2, 6):
             return False
     if im.format == "TIFF":
-        photometric = im.tag_v2.get(262)
+        photometric = im.tag_v2.get(262)  # type: ignore[attr-defined]  # a TiffImageFile
         if photometric in (0, 1):  # WhiteIsZero, BlackIsZero: gray samples, alpha or not
             return True
         if photometric is not None and photometric != 3:
@@ -240,7 +256,7 @@ def _is_16bit_color(im: Image.Image, data: bytes) -> bool:
     if im.format == "PNG" and data[12:16] == b"IHDR":
         return data[24] == 16 and data[25] in (2, 4, 6)  # truecolour, gray+alpha, truecolour+alpha
     if im.format == "TIFF":
-        bits = im.tag_v2.get(258, (8,))
+        bits = im.tag_v2.get(258, (8,))  # type: ignore[attr-defined]  # a TiffImageFile
         bits = bits if isinstance(bits, tuple) else (bits,)
         return max(bits) == 16 and len(bits) > 1
     return False
@@ -272,7 +288,10 @@ def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            srgb = ImageCms.createProfile("sRGB")
+            return cast(
+                Image.Image, ImageCms.profileToProfile(im, src, srgb, outputMode="RGB")
+            )  # not in place
         except Exception:  # a broken or unsupported profile: fall back to Pillow's plain conversion
             pass
     return im.convert("RGB")

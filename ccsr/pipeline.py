@@ -27,7 +27,7 @@ from ccsr.options import check_color_fix, check_postprocess, check_tile_window
 from ccsr.postprocess import finish_images
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
-from ccsr.tiling import tile_windows
+from ccsr.tiling import latent_tiles, tile_counter, tile_windows
 
 DEFAULT_PROMPT = "clean, high-resolution, 8k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -208,9 +208,31 @@ class CCSRPipeline(DiffusionPipeline):
     def _randn(self, shape: tuple[int, ...], generator: GeneratorArg) -> torch.Tensor:
         return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in ``[0, 1]`` (:func:`ccsr.encoding.decode_latent`)."""
-        return (decode_latent(self.vae, latents) / 2 + 0.5).clamp(0, 1)
+    def _decode(self, latents: torch.Tensor, pad: int = 0) -> torch.Tensor:
+        """Latents -> images in ``[0, 1]`` (:func:`ccsr.encoding.decode_latent`), less ``pad`` pixels of
+        mirrored border on each side."""
+        decoded = (decode_latent(self.vae, latents) / 2 + 0.5).clamp(0, 1)
+        return decoded[..., pad:-pad, pad:-pad] if pad else decoded
+
+    # ------------------------------------------------------------------ steps of a call
+    def _resolve_finish(
+        self, color_fix: str | None, postprocess: str | None, tile_window: str | None
+    ) -> tuple[str, str, str]:
+        """``(color_fix, postprocess, tile_window)`` checked, ``None`` replaced by :attr:`inference_defaults`."""
+        postprocess = check_postprocess(postprocess or str(self.inference_defaults["postprocess"]))
+        tile_window = check_tile_window(tile_window or str(self.inference_defaults["tile_window"]))
+        color_fix = check_color_fix(self.default_color_fix if color_fix is None else color_fix)
+        return color_fix, postprocess, tile_window
+
+    def _latent_shape(
+        self, batch: int, padded: torch.Tensor, latents: torch.Tensor | None
+    ) -> tuple[int, ...]:
+        """``(B, C, h, w)`` of the latents of the padded canvas; given ``latents`` must have it."""
+        f = self.vae_scale_factor
+        shape = (batch, self.unet.config.in_channels, padded.shape[2] // f, padded.shape[3] // f)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {shape} for this image")
+        return shape
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -280,60 +302,26 @@ class CCSRPipeline(DiffusionPipeline):
             vae_tiling: tiled VAE encode/decode (diffusers ``enable_tiling``) for large images.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (float in [0, 1]) or ``"latent"``.
         """
-        # 1. Check inputs.
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        if not images or not all(isinstance(im, Image.Image) for im in images):
-            raise TypeError("image must be a PIL.Image.Image or a non-empty list of them")
-        if len({im.size for im in images}) != 1:
-            raise ValueError(
-                f"images in one call must share a size, got {sorted({im.size for im in images})}"
-            )
-        if color_fix is None:
-            color_fix = self.default_color_fix
-        postprocess = check_postprocess(postprocess or str(self.inference_defaults["postprocess"]))
-        tile_window = check_tile_window(tile_window or str(self.inference_defaults["tile_window"]))
-        color_fix = check_color_fix(color_fix)
-        if start_point not in ("lr", "noise"):
-            raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")
-        if initial_prompt not in INITIAL_PROMPTS:
-            raise ValueError(f"initial_prompt={initial_prompt!r} must be one of {INITIAL_PROMPTS}")
-        if lr_latent not in ("sample", "mode"):
-            raise ValueError(f"lr_latent={lr_latent!r} must be 'sample' or 'mode'")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type={output_type!r} must be 'pil', 'np', 'pt' or 'latent'")
-        b = len(images)
-        if isinstance(generator, list) and len(generator) != b:
-            raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
+        # 1. Check inputs; None means the model's recommendation.
+        images = _images_of(image)
+        color_fix, postprocess, tile_window = self._resolve_finish(color_fix, postprocess, tile_window)
+        _check_choices(start_point, initial_prompt, lr_latent, output_type, generator, len(images))
         schedule, g = self.resolve_schedule(
             steps, num_inference_steps, t_max, t_min, guidance_scale, start_timestep
         )
-        cfg = g > 1.0
         device = self._execution_device
 
-        # 2. Pre-process: resize plan, canvas in [0, 1].
+        # 2. Pre-process: resize plan, canvas in [0, 1], mirrored border, latent shape, tile windows.
         plan = plan_resize(images[0].size, upscale, process_size)
         canvas = torch.cat([pil_to_tensor(make_canvas(im.convert("RGB"), plan)) for im in images]).to(device)
         pad = self.default_border_pad if border_pad is None else border_pad
         padded = pad_canvas(canvas, pad)
-        f = self.vae_scale_factor
-        latent_shape = (b, self.unet.config.in_channels, padded.shape[2] // f, padded.shape[3] // f)
-        if latents is not None and tuple(latents.shape) != latent_shape:
-            raise ValueError(
-                f"latents has shape {tuple(latents.shape)}, expected {latent_shape} for this image"
-            )
-        tiles = None
-        if tile_size is not None:
-            stride = tile_stride if tile_stride is not None else tile_size // 2
-            m = max(f, 8)
-            if tile_size % m or stride % m or stride <= 0 or stride > tile_size:
-                raise ValueError(
-                    f"tile_size={tile_size} and tile_stride={stride} must be multiples of {m} with 0 < stride <= size"
-                )
-            tiles = (tile_size // f, stride // f)
+        latent_shape = self._latent_shape(len(images), padded, latents)
+        tiles = latent_tiles(tile_size, tile_stride, self.vae_scale_factor)
 
         # 3. Text embeddings (cached across calls).
         pos = self.encode_prompt(prompt)
-        neg = self.encode_prompt(negative_prompt) if (cfg or initial_prompt == "cfg") else None
+        neg = self.encode_prompt(negative_prompt) if (g > 1.0 or initial_prompt == "cfg") else None
 
         # 4. Noise first, then the LR latent (posterior sample), both from the generator.
         noise = (
@@ -343,15 +331,12 @@ class CCSRPipeline(DiffusionPipeline):
             self.vae.enable_tiling()
         try:
             z_lr = encode_image(self.vae, padded, generator, lr_latent)
-
-            n_windows = len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) if tiles else 0
-            evals = (schedule.start_timestep is not None) + len(schedule.loop)
-            tiles_done = [0]
-
-            def progress(n: int) -> None:
-                tiles_done[0] += n
-                if tile_callback is not None:
-                    tile_callback(tiles_done[0], n_windows * evals)
+            tiling = None
+            if tiles is not None:
+                windows = (
+                    len(tile_windows(latent_shape[2], latent_shape[3], *tiles)) * schedule.num_network_evals
+                )
+                tiling = Tiles(*tiles, tile_batch, tile_window, tile_counter(tile_callback, windows))
 
             # 5-6. Extraction step, re-noising, truncated DDPM loop (docs/algorithm.md §1.5).
             x = sample_clean_latent(
@@ -365,17 +350,14 @@ class CCSRPipeline(DiffusionPipeline):
                 start_timestep=start_timestep,
                 start_point=start_point,
                 conditioning_scale=conditioning_scale,
-                tiles=None if tiles is None else Tiles(*tiles, tile_batch, tile_window, progress),
+                tiles=tiling,
                 generator=generator,
             )
-
+            # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
             if output_type == "latent":
                 result: object = x
             else:
-                # 7. Stage 2: decode with the fine-tuned decoder, colour fix, resize to scale x input.
-                decoded = self._decode(x)
-                if pad:
-                    decoded = decoded[..., pad:-pad, pad:-pad]
+                decoded = self._decode(x, pad)
                 result = finish_images(decoded, canvas, color_fix, plan.output_size, postprocess, output_type)
         finally:
             if vae_tiling:
@@ -384,3 +366,29 @@ class CCSRPipeline(DiffusionPipeline):
         if not return_dict:
             return result, schedule.timesteps, schedule.num_network_evals
         return CCSRPipelineOutput(result, schedule.timesteps, schedule.num_network_evals)
+
+
+def _images_of(image: Image.Image | list[Image.Image]) -> list[Image.Image]:
+    """The images of one call: one PIL image, or a non-empty list of them of one size."""
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    if not images or not all(isinstance(im, Image.Image) for im in images):
+        raise TypeError("image must be a PIL.Image.Image or a non-empty list of them")
+    if len({im.size for im in images}) != 1:
+        raise ValueError(f"images in one call must share a size, got {sorted({im.size for im in images})}")
+    return images
+
+
+def _check_choices(
+    start_point: str, initial_prompt: str, lr_latent: str, output_type: str, generator: GeneratorArg, b: int
+) -> None:
+    """The arguments of a call that take a fixed set of values, and one generator per image if a list."""
+    if start_point not in ("lr", "noise"):
+        raise ValueError(f"start_point={start_point!r} must be 'lr' or 'noise'")
+    if initial_prompt not in INITIAL_PROMPTS:
+        raise ValueError(f"initial_prompt={initial_prompt!r} must be one of {INITIAL_PROMPTS}")
+    if lr_latent not in ("sample", "mode"):
+        raise ValueError(f"lr_latent={lr_latent!r} must be 'sample' or 'mode'")
+    if output_type not in ("pil", "np", "pt", "latent"):
+        raise ValueError(f"output_type={output_type!r} must be 'pil', 'np', 'pt' or 'latent'")
+    if isinstance(generator, list) and len(generator) != b:
+        raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")

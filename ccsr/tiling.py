@@ -111,3 +111,29 @@ def tiled_apply(
             progress(len(group))
     assert out is not None
     return out / total
+
+
+def latent_tiles(tile_size: int | None, tile_stride: int | None, factor: int) -> tuple[int, int] | None:
+    """``(size, stride)`` of the latent tiles for windows of ``tile_size`` / ``tile_stride`` pixels (stride
+    default: half the size); None: no tiling."""
+    if tile_size is None:
+        return None
+    stride = tile_stride if tile_stride is not None else tile_size // 2
+    m = max(factor, 8)
+    if tile_size % m or stride % m or stride <= 0 or stride > tile_size:
+        raise ValueError(
+            f"tile_size={tile_size} and tile_stride={stride} must be multiples of {m} with 0 < stride <= size"
+        )
+    return tile_size // factor, stride // factor
+
+
+def tile_counter(callback: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """Counts the tiles done over all evaluations and reports ``(done, total)`` to ``callback``."""
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        if callback is not None:
+            callback(done[0], total)
+
+    return progress

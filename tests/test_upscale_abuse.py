@@ -434,6 +434,11 @@ def test_killed_mid_animation_resumes_at_the_next_frame(tmp_path, capsys, common
         stderr=subprocess.PIPE,
     )
     _wait_for_outputs(proc, out / "manifest.jsonl", 1)
+    end = (
+        time.monotonic() + 60
+    )  # a frame's manifest line is written just before the file is renamed into place
+    while not list((out / ".ccsr-frames").glob("anim.png.frame*.png")) and time.monotonic() < end:
+        time.sleep(0.01)
     proc.kill()
     proc.wait()
     parts = sorted((out / ".ccsr-frames").glob("anim.png.frame*.png"))

@@ -104,7 +104,7 @@ def load_pipeline(settings: BenchSettings, dtype: torch.dtype, workdir: Path):
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
-    folder = None
+    folder: Path | str | None = None
     if settings.model == "full-size":
         from ccsr.bench.full_size import build_full_size_pipeline
 
@@ -157,7 +157,7 @@ def machine(device: torch.device) -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    info = {
+    info: dict[str, object] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -19,8 +19,12 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.utils.flop_counter import FlopCounterMode
 
 #: stage name -> pipeline attribute holding the network (forward hooks)
 HOOKED_MODULES = {"prompt": "text_encoder", "controlnet": "controlnet", "unet": "unet"}
@@ -50,7 +54,7 @@ class StageTimer:
         self.flops: dict[str, int] = defaultdict(int)
         self._start: dict[str, tuple[float, int]] = {}
         self._depth: dict[str, int] = defaultdict(int)  # a stage inside itself counts once
-        self._counter = None
+        self._counter: FlopCounterMode | None = None
         self._handles: list = []
         self._attach()
 
@@ -95,7 +99,7 @@ class StageTimer:
             finally:
                 self.end(stage)
 
-        wrapper.__wrapped__ = fn
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapper
 
     # ------------------------------------------------------------------ hooks

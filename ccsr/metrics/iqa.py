@@ -173,10 +173,11 @@ class MetricUnavailable(RuntimeError):
 
 def _exception_chain(e: BaseException) -> list[BaseException]:
     chain, seen = [], set()
-    while e is not None and id(e) not in seen:
-        chain.append(e)
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
+    link: BaseException | None = e
+    while link is not None and id(link) not in seen:
+        chain.append(link)
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
     return chain
 
 

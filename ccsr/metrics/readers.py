@@ -258,11 +258,11 @@ def _pair_gt(
         paired = [gt_dir / by_stem[s] for s in stems]
     else:
         raise ValueError(f"pair_by={pair_by!r} must be 'name' or 'order'")
-    for name, size, g in zip(names, sizes, paired):
-        gsize = _image_size(g)
+    for name, size, gt in zip(names, sizes, paired):
+        gsize = _image_size(gt)
         if gsize != size:
             raise RunFolderError(
-                f"output {sample0 / name} is {size[0]}x{size[1]} but ground truth {g} is {gsize[0]}x{gsize[1]}"
+                f"output {sample0 / name} is {size[0]}x{size[1]} but ground truth {gt} is {gsize[0]}x{gsize[1]}"
             )
     return paired
 

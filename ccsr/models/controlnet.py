@@ -68,6 +68,7 @@ def build_latent_controlnet(unet=None, config: dict | None = None):
         with torch.device(unet.device):
             controlnet = _swap_embedding(controlnet)
         return controlnet if unet.dtype == torch.float32 else controlnet.to(unet.dtype)
+    assert config is not None  # exactly one of the two, checked above
     cfg = {k: v for k, v in config.items() if k not in _NOT_DIFFUSERS and not k.startswith("_")}
     return _swap_embedding(ControlNetModel.from_config(cfg))
 
@@ -76,12 +77,14 @@ def is_latent_controlnet(model) -> bool:
     return isinstance(getattr(model, "controlnet_cond_embedding", None), LatentConditionEmbedding)
 
 
+def to_disk_name(key: str) -> str:
+    """An in-memory parameter name -> the reference's (``condition_conv_in.*``)."""
+    return DISK_PREFIX + key[len(MEMORY_PREFIX) :] if key.startswith(MEMORY_PREFIX) else key
+
+
 def to_disk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """In-memory names -> the reference's names (``condition_conv_in.*``)."""
-    return {
-        (DISK_PREFIX + k[len(MEMORY_PREFIX) :] if k.startswith(MEMORY_PREFIX) else k): v
-        for k, v in state_dict.items()
-    }
+    return {to_disk_name(k): v for k, v in state_dict.items()}
 
 
 def from_disk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,23 +160,19 @@ def load_ccsr_controlnet(
             hint = " The file holds a pixel-hint encoder (controlnet_cond_embedding.*): it is not a CCSR ControlNet."
         raise ValueError(
             f"{folder}: weights do not match {CONFIG_NAME}: {len(missing)} missing "
-            f"(e.g. {[_disk(k) for k in missing[:3]]}), {len(unexpected)} unexpected "
-            f"(e.g. {[_disk(k) for k in unexpected[:3]]}).{hint} Check that config and weights come from the same release."
+            f"(e.g. {[to_disk_name(k) for k in missing[:3]]}), {len(unexpected)} unexpected "
+            f"(e.g. {[to_disk_name(k) for k in unexpected[:3]]}).{hint} Check that config and weights come from the same release."
         )
     for name, tensor in model.state_dict().items():
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise ValueError(
-                f"{folder}: tensor {_disk(name)} has shape {tuple(state[name].shape)} in the file but "
+                f"{folder}: tensor {to_disk_name(name)} has shape {tuple(state[name].shape)} in the file but "
                 f"{tuple(tensor.shape)} in {CONFIG_NAME}; config and weights come from different models"
             )
     model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
     # assign=True keeps the file's dtype: a float16 release asked for in float32 is upcast here.
     return model.to(torch_dtype) if torch_dtype is not None else model
-
-
-def _disk(name: str) -> str:
-    return to_disk_state_dict({name: None}).popitem()[0]
 
 
 def _read_weights(folder: Path, allow_pickle: bool, what: str) -> dict[str, torch.Tensor]:

@@ -5,8 +5,11 @@
 * :mod:`~ccsr.upscale.discovery`: which files a run reads and what it names their outputs.
 * :mod:`~ccsr.upscale.limits` and :mod:`~ccsr.upscale.outdir`: size limits from file headers; the output
   folder's probe, lock and leftover temp files.
-* :mod:`~ccsr.upscale.plan`: the work list and the settings hash, before the model loads.
-* :mod:`~ccsr.upscale.run`: ``run_upscale``, the entry point (plan, load, loop, record).
+* :mod:`~ccsr.upscale.plan`: the work list (:mod:`~ccsr.upscale.jobs`) and each run folder's settings
+  (:mod:`~ccsr.upscale.settings`: resolved once, hashed, recorded and passed to the pipeline as they are),
+  before the model loads.
+* :mod:`~ccsr.upscale.run`: ``run_upscale``, the entry point (plan, load, loop, record);
+  :mod:`~ccsr.upscale.device`: the device and the pipeline it loads.
 * :mod:`~ccsr.upscale.loop`: the per-image loop (decode, pipeline call, encode, atomic write).
 * :mod:`~ccsr.upscale.frames`: multi-page TIFFs and animations, one unit per frame.
 * :mod:`~ccsr.upscale.derived`: outputs made from K samples (uncertainty map, consensus pick, mean).

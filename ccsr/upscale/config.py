@@ -177,21 +177,3 @@ class UpscaleConfig:
         if self.workers is not None:
             return self.workers
         return 0 if device_type == "cpu" else 2
-
-    def tiling_settings(self) -> dict:
-        return {
-            "latent": self.tiling,
-            "vae": self.vae_tiling,
-            "tile_size": self.tile_size,
-            "tile_stride": self.tile_stride,
-            "tile_batch": self.tile_batch,
-            "threshold": self.tile_threshold,
-        }
-
-    def tiling_for(self, canvas_size: tuple[int, int]) -> tuple[bool, bool]:
-        """(latent tiling, VAE tiling) for a canvas of ``(width, height)`` pixels."""
-        big = canvas_size[0] * canvas_size[1] > self.tile_threshold
-        return (
-            self.tiling == "on" or (self.tiling == "auto" and big),
-            self.vae_tiling == "on" or (self.vae_tiling == "auto" and big),
-        )

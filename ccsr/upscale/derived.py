@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.manifest import settings_hash
@@ -83,13 +84,13 @@ def output_rels(cfg: UpscaleConfig, out_rel: str, rel_for: Callable[[int], str])
 def plan_tasks(run, out_rel: str, cfg: UpscaleConfig, rel_for: Callable[[int], str], todo: Callable) -> list:
     """The tasks of one image in one run folder. ``todo(rel, seed, settings_hash)`` says whether an
     output must be (re)made (it counts skipped outputs and conflicts on the runner's side)."""
-    from ccsr.upscale.loop import Task
+    from ccsr.upscale.jobs import Task
 
     derived = []
     if cfg.select and todo(out_rel, cfg.seed, run.hash):
         derived.append(Task(run, 0, out_rel, kind=cfg.select))
     if cfg.uncertainty_map:
-        rel, h = std_rel(out_rel), std_settings_hash(run.settings, cfg.samples)
+        rel, h = std_rel(out_rel), std_settings_hash(run.resolved.as_dict(), cfg.samples)
         if todo(rel, cfg.seed, h):
             derived.append(Task(run, 0, rel, kind="std", settings=h))
     samples = []
@@ -100,7 +101,7 @@ def plan_tasks(run, out_rel: str, cfg: UpscaleConfig, rel_for: Callable[[int], s
     return samples + derived
 
 
-def derive_output(task, kept: dict, cfg: UpscaleConfig) -> tuple[object, dict]:
+def derive_output(task, kept: dict, cfg: UpscaleConfig) -> tuple[np.ndarray | Image.Image, dict]:
     """Make a derived output from the image's computed samples ``kept[(run dir, k)] = (sr, info)``.
 
     Returns what the writer takes: a float ``(3, H, W)`` output or a rendered PIL image, and the

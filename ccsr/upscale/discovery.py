@@ -71,28 +71,7 @@ def discover(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, rec
                 f"Choose another folder, e.g. {Path(given) / 'upscaled'}"
             )
         result.input_dirs.append(root)
-        out_below = _inside(out, root)  # then the output folder's subtree is not input
-        for folder, dirs, names in os.walk(root):
-            here = Path(folder)
-            keep = []
-            for d in sorted(dirs):
-                sub = here / d
-                if d.startswith(".") or (out_below and _inside(sub.resolve(), out)) or sub.is_symlink():
-                    continue  # hidden, our own output folder, or a link that could loop
-                keep.append(d)
-            if not recursive:
-                result.ignored_subfolders += len(keep)
-                keep = []
-            dirs[:] = keep
-            for name in sorted(names):
-                p = here / name
-                if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                rel = p.relative_to(root).as_posix()
-                if p.is_symlink() and not p.exists():
-                    result.failures.append((str(p), "broken symbolic link"))
-                    continue
-                found.append(InputFile(p, rel))
+        found += _scan_folder(root, out, recursive, result)
     seen: set[Path] = set()
     for f in found:
         if f.path not in seen:  # the same file named twice (as a file and inside a folder) runs once
@@ -100,6 +79,34 @@ def discover(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, rec
             result.files.append(f)
     result.input_files = {f.path.resolve() for f in result.files}
     return result
+
+
+def _scan_folder(root: Path, out: Path, recursive: bool, result: Discovery) -> list[InputFile]:
+    """The images in folder ``root`` (its sub-folders too when ``recursive``, never the output folder's);
+    counts the sub-folders left out and records broken links in ``result``."""
+    found = []
+    out_below = _inside(out, root)  # then the output folder's subtree is not input
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder)
+        keep = []
+        for d in sorted(dirs):
+            sub = here / d
+            if d.startswith(".") or (out_below and _inside(sub.resolve(), out)) or sub.is_symlink():
+                continue  # hidden, our own output folder, or a link that could loop
+            keep.append(d)
+        if not recursive:
+            result.ignored_subfolders += len(keep)
+            keep = []
+        dirs[:] = keep
+        for name in sorted(names):
+            p = here / name
+            if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if p.is_symlink() and not p.exists():
+                result.failures.append((str(p), "broken symbolic link"))
+                continue
+            found.append(InputFile(p, p.relative_to(root).as_posix()))
+    return found
 
 
 def assign_outputs(

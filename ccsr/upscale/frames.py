@@ -46,7 +46,7 @@ def frame_rel(final_rel: str, k: int) -> str:
 def assemble(run_dir: Path, final_rel: str, header: Header, quality: int) -> tuple[bytes, list[str]]:
     """Put the frame files of ``final_rel`` together into the container its extension names."""
     notes: list[str] = []
-    frames = []
+    frames: list[Image.Image] = []
     for k in range(header.frames):
         with Image.open(run_dir / frame_rel(final_rel, k)) as im:
             im.load()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ccsr.image import plan_resize
+from ccsr.image import ResizePlan, plan_resize
 
 #: Default of ``--max-output-pixels``: a 4K photograph at x2 fits, at the default x4 it does not.
 DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
@@ -82,34 +82,35 @@ def mp(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} MP"
 
 
-def size_problem(
+def plan_size(
     size: tuple[int, int], scale: int, process_size: int, max_pixels: int, max_output_pixels: int
-) -> str | None:
-    """Why an input of ``size`` may not run with these settings, or None. The reason names the option."""
+) -> tuple[ResizePlan | None, str | None]:
+    """The resize plan of an input of ``size`` (None: too small to plan, the decoder's size rule reports it),
+    and why it may not run with these settings (None: it may). The reason names the option."""
     w, h = size
     if w * h > max_pixels:
-        return (
+        return None, (
             f"too large: {w}x{h} = {mp(w * h)} is above the limit of {mp(max_pixels)} "
             "(decompression-bomb guard); pass --max-pixels to allow larger inputs"
         )
     try:
         plan = plan_resize(size, scale, process_size)
     except ValueError:
-        return None  # too small to plan: the decoder's size rule reports it
+        return None, None
     ow, oh = plan.output_size
     if ow * oh > max_output_pixels:
-        return (
+        return plan, (
             f"output too large: {w}x{h} at --scale {scale} is {ow}x{oh} = {mp(ow * oh)}, above "
             f"--max-output-pixels {mp(max_output_pixels)}; lower --scale or raise --max-output-pixels"
         )
     cw, ch = plan.canvas_size
     if cw * ch > max_output_pixels:
-        return (
+        return plan, (
             f"canvas too large: {w}x{h} is enlarged until its short side is --process-size {process_size}, "
             f"then x{scale}: the model would work on {cw}x{ch} = {mp(cw * ch)}, above --max-output-pixels "
             f"{mp(max_output_pixels)}; lower --process-size or --scale, or raise --max-output-pixels"
         )
-    return None
+    return plan, None
 
 
 def output_pixels(size: tuple[int, int], scale: int) -> int:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,56 +29,18 @@ from ccsr.encode import encode_image, resize_alpha, to_output_pixels
 from ccsr.io import ImageData, ImageReadError, read_image
 from ccsr.upscale.config import UpscaleConfig
 from ccsr.upscale.derived import derive_output
-from ccsr.upscale.discovery import InputFile
 from ccsr.upscale.frames import assemble, frame_rel, remove_frames
-from ccsr.upscale.limits import Header
-from ccsr.upscale.manifest import ManifestWriter
+from ccsr.upscale.jobs import Job, Task
 from ccsr.upscale.runlog import Failure, RunLog, Tally, now_iso
+from ccsr.upscale.settings import RunSettings
+
+#: What the writer takes: a float ``(3, H, W)`` output, or a rendered picture (the uncertainty heat map).
+Output = np.ndarray | Image.Image
 
 #: Write errors that are about the folder, not the image: the run stops after the image in progress.
 FOLDER_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 )
-
-
-@dataclass
-class RunDir:
-    """One run folder: the output root, or ``steps{S}/`` of a sweep."""
-
-    steps: int
-    dir: Path
-    settings: dict = field(default_factory=dict)
-    hash: str = ""
-    skipped: int = 0
-    writer: ManifestWriter | None = None
-    assembled: set[str] = field(default_factory=set)  # multi-frame outputs put together by this process
-
-
-@dataclass(frozen=True)
-class Task:
-    """One output to make: sample ``sample`` of an image (or of one of its frames) into ``run``.
-
-    With ``--uncertainty-map`` / ``--select`` (:mod:`ccsr.upscale.derived`) a sample may be computed
-    only to derive other outputs (``rel`` None: not written), and ``kind`` names a derived output
-    ("std", "consensus", "mean") made from the image's samples once they are all computed.
-    """
-
-    run: RunDir
-    sample: int
-    rel: str | None  # output path relative to the run folder (a frame file for a frame); None: not written
-    kind: str = "sample"
-    settings: str | None = None  # settings hash recorded for this output (default: the run's)
-    final: str | None = None  # for a frame: the multi-frame output it is part of (ccsr.upscale.frames)
-
-
-@dataclass
-class Job:
-    """One input image (or one frame of a multi-frame input) and the outputs it still needs."""
-
-    file: InputFile
-    tasks: list[Task]
-    frame: int = 0
-    header: Header | None = None  # frame sizes, durations and loop of a multi-frame input
 
 
 @dataclass
@@ -137,10 +99,7 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
     """
     workers = cfg.resolved_workers(pipe._execution_device.type)
     readers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-read") if workers else None
-    writers = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
-    slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting to be written
-    done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
-    lock = threading.Lock()
+    outputs = _Outputs(cfg, tally, log, workers)
     log.start_bar(len(shard))
     loop0 = time.perf_counter()
     started = 0
@@ -151,42 +110,10 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
                 break
             started += 1
             if isinstance(loaded, str):
-                _fail(tally, log, Failure(str(job.file.path), loaded), lock)
+                outputs.fail(Failure(str(job.file.path), loaded))
                 log.image_failed()
-                continue
-            t0 = time.perf_counter()
-            ok = 0
-            derived = [t for t in job.tasks if t.kind != "sample"]
-            kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
-            for task in [t for t in job.tasks if t.kind == "sample"] + derived:
-                try:
-                    if task.kind == "sample":
-                        on_tile = functools.partial(log.tile, job.file.rel)
-                        sr, info = _upscale(pipe, loaded, task, cfg, on_tile)
-                    else:
-                        sr, info = derive_output(task, kept, cfg)
-                except Exception as e:  # one image's model failure must not end a 10k-image run
-                    _fail(tally, log, Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)), lock)
-                    continue
-                ok += 1
-                if derived and task.kind == "sample":
-                    kept[(task.run.dir, task.sample)] = (sr, info)
-                if task.rel is None:
-                    continue
-                if writers is None:
-                    _finish_write(job, task, loaded, sr, info, cfg, tally, log, lock)
-                else:
-                    slots.acquire()
-                    fut = writers.submit(_finish_write, job, task, loaded, sr, info, cfg, tally, log, lock)
-                    fut.add_done_callback(lambda _f: slots.release())
-            if ok == len(job.tasks):
-                done.add(str(job.file.path))
-                with lock:
-                    tally.image_seconds.append(time.perf_counter() - t0)
-                label = job.file.rel + (f" [frame {job.frame + 1}/{job.header.frames}]" if job.header else "")
-                log.image_done(label, time.perf_counter() - t0, ok)
             else:
-                log.image_failed()
+                _run_job(pipe, job, loaded, outputs)
     except KeyboardInterrupt:
         tally.interrupted = True
         tally.not_started = len(shard) - started
@@ -197,12 +124,38 @@ def process(shard: list[Job], pipe, cfg: UpscaleConfig, log: RunLog, tally: Tall
         restore()
         if readers is not None:
             readers.shutdown(wait=True, cancel_futures=True)
-        if writers is not None:
-            writers.shutdown(wait=True)
+        outputs.close()
         failed = {f.input for f in tally.failures}
-        tally.images_done += sum(1 for d in done if d not in failed)
+        tally.images_done += sum(1 for d in outputs.done if d not in failed)
         tally.loop_seconds += time.perf_counter() - loop0
         tally.peak_gpu_bytes = max(tally.peak_gpu_bytes, _peak_gpu_bytes())
+
+
+def _run_job(pipe, job: Job, loaded: Loaded, outputs: _Outputs) -> None:
+    """Every task of one job: the samples through the pipeline, then the outputs derived from them; each
+    output written goes to ``outputs``. One task's failure is recorded and the others go on."""
+    cfg = outputs.cfg
+    t0 = time.perf_counter()
+    ok = 0
+    derived = [t for t in job.tasks if t.kind != "sample"]
+    kept: dict = {}  # (run folder, sample) -> (sr, info), for the derived outputs
+    sr: Output
+    for task in [t for t in job.tasks if t.kind == "sample"] + derived:
+        try:
+            if task.kind == "sample":
+                on_tile = functools.partial(outputs.log.tile, job.file.rel)
+                sr, info = _upscale(pipe, job, loaded, task, cfg, on_tile)
+            else:
+                sr, info = derive_output(task, kept, cfg)
+        except Exception as e:  # one image's model failure must not end a 10k-image run
+            outputs.fail(Failure(str(job.file.path), _reason(e), _steps_of(cfg, task)))
+            continue
+        ok += 1
+        if derived and task.kind == "sample":
+            kept[(task.run.dir, task.sample)] = (sr, info)
+        if task.rel is not None:
+            outputs.submit(job, task, loaded, sr, info)
+    outputs.image_done(job, ok, time.perf_counter() - t0)
 
 
 def _peak_gpu_bytes() -> int:
@@ -220,59 +173,42 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _fail(tally: Tally, log: RunLog, f: Failure, lock: threading.Lock) -> None:
-    with lock:
-        tally.failures.append(f)
-    log.failure(f)
+def _canvas_size(job: Job, image: ImageData, settings: RunSettings) -> tuple[int, int]:
+    """The canvas the model works on, from the resize plan the size limits made from the header; planned
+    here when the decoded image's size differs (no header, or a PNG turned by EXIF after its pixel data)."""
+    from ccsr.image import plan_resize
 
-
-#: Keys of a run's resolved settings (:func:`ccsr.upscale.plan.plan_jobs`) passed to the pipeline as they are.
-_PIPELINE_SETTINGS = (
-    "num_inference_steps",
-    "t_max",
-    "t_min",
-    "guidance_scale",
-    "start_timestep",
-    "start_point",
-    "prompt",
-    "negative_prompt",
-    "color_fix",
-    "tile_window",
-    "border_pad",
-)
+    plan = job.plan
+    if plan is None or plan.input_size != image.size:
+        plan = plan_resize(image.size, settings.scale, settings.process_size)
+    return plan.canvas_size
 
 
 def _upscale(
-    pipe, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
+    pipe, job: Job, loaded: Loaded, task: Task, cfg: UpscaleConfig, on_tile: Callable[[int, int], None]
 ) -> tuple[np.ndarray, dict]:
     """One (image, sample) through the pipeline: ``(3, H, W)`` float32 in ``[0, 1]`` at the output size,
     plus what the manifest records about how it was made. ``on_tile(done, total)`` reports tiled progress."""
     import torch
 
-    from ccsr.image import plan_resize
-
-    canvas = plan_resize(loaded.image.size, cfg.scale, cfg.process_size).canvas_size
-    latent_tiles, vae_tiles = cfg.tiling_for(canvas)
-    # The authors' post-processing is 8-bit by definition; 16-bit inputs keep 16 bits through the float path.
-    postprocess = task.run.settings["postprocess"] if loaded.image.bit_depth == 8 else "float"
+    img = loaded.image
     # The settings the plan resolved, hashed and recorded are the ones that run (nothing is re-decided).
-    resolved = {k: task.run.settings[k] for k in _PIPELINE_SETTINGS}
-    kwargs = dict(
-        steps=task.run.steps,
-        **resolved,
-        upscale=cfg.scale,
-        process_size=cfg.process_size,
-        postprocess=postprocess,
-        tile_batch=cfg.tile_batch,
-        output_type="pt",
-    )
+    settings = task.run.resolved
+    tiling = settings.tiling
+    latent_tiles, vae_tiles = tiling.for_canvas(_canvas_size(job, img, settings))
+    kwargs = settings.pipeline_kwargs(img.bit_depth)
 
     def call(tiled: bool, vae: bool):
         gen = torch.Generator("cpu").manual_seed(cfg.seed + task.sample)
-        tile = (
-            dict(tile_size=cfg.tile_size, tile_stride=cfg.tile_stride, tile_callback=on_tile) if tiled else {}
+        window = dict(tile_size=tiling.tile_size, tile_stride=tiling.tile_stride, tile_callback=on_tile)
+        return pipe(
+            loaded.model_input,
+            generator=gen,
+            vae_tiling=vae,
+            output_type="pt",
+            **(window if tiled else {}),
+            **kwargs,
         )
-        return pipe(loaded.model_input, generator=gen, vae_tiling=vae, **tile, **kwargs)
 
     try:
         out = call(latent_tiles, vae_tiles)
@@ -289,55 +225,89 @@ def _upscale(
         "timesteps": list(out.timesteps),
         "tiled": latent_tiles,
         "vae_tiled": vae_tiles,
-        "postprocess": postprocess,
+        "postprocess": kwargs["postprocess"],
     }
 
 
-def _finish_write(
-    job: Job,
-    task: Task,
-    loaded: Loaded,
-    sr: np.ndarray,
-    info: dict,
-    cfg: UpscaleConfig,
-    tally: Tally,
-    log: RunLog,
-    lock: threading.Lock,
-) -> None:
-    """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
+class _Outputs:
+    """The write side of the loop: each finished output is encoded, written atomically and recorded, in
+    this thread or in ``workers`` writer threads (at most ``2 * workers`` waiting); failures and counts
+    go to ``tally`` under one lock."""
+
+    def __init__(self, cfg: UpscaleConfig, tally: Tally, log: RunLog, workers: int) -> None:
+        self.cfg, self.tally, self.log = cfg, tally, log
+        self.lock = threading.Lock()
+        self.done: set[str] = set()  # inputs whose outputs were all computed (writes may still fail)
+        self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="ccsr-write") if workers else None
+        self._slots = threading.BoundedSemaphore(max(2, 2 * workers))  # finished images waiting
+
+    def submit(self, job: Job, task: Task, loaded: Loaded, sr: Output, info: dict) -> None:
+        if self._pool is None:
+            self._write(job, task, loaded, sr, info)
+            return
+        self._slots.acquire()
+        fut = self._pool.submit(self._write, job, task, loaded, sr, info)
+        fut.add_done_callback(lambda _f: self._slots.release())
+
+    def fail(self, f: Failure) -> None:
+        with self.lock:
+            self.tally.failures.append(f)
+        self.log.failure(f)
+
+    def image_done(self, job: Job, ok: int, seconds: float) -> None:
+        """One job's tasks are computed, ``ok`` of them without error."""
+        if ok != len(job.tasks):
+            self.log.image_failed()
+            return
+        self.done.add(str(job.file.path))
+        with self.lock:
+            self.tally.image_seconds.append(seconds)
+        label = job.file.rel + (f" [frame {job.frame + 1}/{job.header.frames}]" if job.header else "")
+        self.log.image_done(label, seconds, ok)
+
+    def close(self) -> None:
+        """Wait for the writes in flight."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _write(self, job: Job, task: Task, loaded: Loaded, sr: Output, info: dict) -> None:
+        """Runs in a writer thread: quantise, encode, write atomically, record in the manifest."""
+        assert task.rel is not None, "a sample computed only to derive others is not written"
+        out = task.run.dir / task.rel
+        notes: list[str] | None
+        try:
+            data, notes = _encode(task, loaded, sr, self.cfg)
+            _write_recorded(out, data, task, _entry(job, task, loaded, self.cfg, data, notes, info))
+            if task.final is not None:
+                notes = _assemble_when_complete(job, task, loaded, self.cfg)
+        except Exception as e:
+            why = f"could not write {out}: {_reason(e)}"
+            self.fail(Failure(str(job.file.path), why, _steps_of(self.cfg, task)))
+            if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:
+                with self.lock:
+                    self.tally.stopped = (
+                        self.tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
+                    )
+            return
+        with self.lock:
+            if task.final is None or notes is not None:
+                self.tally.outputs[task.run.steps] = self.tally.outputs.get(task.run.steps, 0) + 1
+            for n in notes or ():
+                if n not in self.tally.notes:
+                    self.tally.notes.append(n)
+                    self.log.say(f"note: {n}")
+
+
+def _encode(task: Task, loaded: Loaded, sr: Output, cfg: UpscaleConfig) -> tuple[bytes, list[str]]:
+    """The file's bytes and what it could not keep: an output in the run's format, a frame as PNG, a
+    rendered picture (the uncertainty heat map) as plain PNG."""
     img = loaded.image
-    out = task.run.dir / task.rel
-    try:
-        if isinstance(sr, Image.Image):  # a rendered picture (the uncertainty heat map): plain PNG
-            data, notes = encode_image(np.asarray(sr.convert("RGB")), None, "png")
-        elif task.final is None:
-            pixels = to_output_pixels(sr, img.gray, img.bit_depth)
-            data, notes = encode_image(
-                pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif
-            )
-        else:  # a frame waits losslessly for the others (ccsr.upscale.frames)
-            data, notes = encode_image(to_output_pixels(sr, img.gray, img.bit_depth), loaded.alpha, "png")
-        _write_recorded(out, data, task, _entry(job, task, loaded, cfg, data, notes, info))
-        if task.final is not None:
-            notes = _assemble_when_complete(job, task, loaded, cfg, lock)
-    except Exception as e:
-        _fail(
-            tally,
-            log,
-            Failure(str(job.file.path), f"could not write {out}: {_reason(e)}", _steps_of(cfg, task)),
-            lock,
-        )
-        if isinstance(e, OSError) and e.errno in FOLDER_ERRNOS:
-            with lock:
-                tally.stopped = tally.stopped or f"{out.parent} cannot be written ({e.strerror or e})"
-        return
-    with lock:
-        if task.final is None or notes is not None:
-            tally.outputs[task.run.steps] = tally.outputs.get(task.run.steps, 0) + 1
-        for n in notes or ():
-            if n not in tally.notes:
-                tally.notes.append(n)
-                log.say(f"note: {n}")
+    if isinstance(sr, Image.Image):
+        return encode_image(np.asarray(sr.convert("RGB")), None, "png")
+    pixels = to_output_pixels(sr, img.gray, img.bit_depth)
+    if task.final is None:
+        return encode_image(pixels, loaded.alpha, cfg.output_format, cfg.quality, img.icc_profile, img.exif)
+    return encode_image(pixels, loaded.alpha, "png")  # a frame waits losslessly for the others
 
 
 def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes, notes, info: dict) -> dict:
@@ -368,10 +338,13 @@ def _entry(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, data: bytes
 def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
     """Atomic write of ``out``, listed in the manifest before it appears under its name."""
 
+    writer = task.run.writer
+    assert writer is not None, "the run's manifest is opened before the loop starts"
+
     def record(st) -> None:
         if out.exists():  # --overwrite: drop the old file first, see ccsr.upscale.manifest on the ordering
             out.unlink()
-        task.run.writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
+        writer.append({**entry, "output_bytes": st.st_size, "output_mtime_ns": st.st_mtime_ns})
 
     atomic_write(out, data, record)
 
@@ -379,24 +352,22 @@ def _write_recorded(out: Path, data: bytes, task: Task, entry: dict) -> None:
 _ASSEMBLY = threading.Lock()
 
 
-def _assemble_when_complete(
-    job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig, lock: threading.Lock
-) -> list[str] | None:
+def _assemble_when_complete(job: Job, task: Task, loaded: Loaded, cfg: UpscaleConfig) -> list[str] | None:
     """After a frame is written: when every frame of ``task.final`` is on disk, write the multi-frame
     output and remove the frame files. Returns the notes of the output written, or None (not yet)."""
-    header = job.header
-    run = task.run
+    header, final, run = job.header, task.final, task.run
+    assert header is not None and final is not None, "only the frames of a multi-frame output are assembled"
     with _ASSEMBLY:  # frames finish in several writer threads: one of them puts them together
-        if task.final in run.assembled:
+        if final in run.assembled:
             return None
-        if not all((run.dir / frame_rel(task.final, k)).is_file() for k in range(header.frames)):
+        if not all((run.dir / frame_rel(final, k)).is_file() for k in range(header.frames)):
             return None
-        data, notes = assemble(run.dir, task.final, header, cfg.quality)
-        whole = Task(run, task.sample, task.final)
+        data, notes = assemble(run.dir, final, header, cfg.quality)
+        whole = Task(run, task.sample, final)
         entry = _entry(job, whole, loaded, cfg, data, notes, {"frames": header.frames})
-        _write_recorded(run.dir / task.final, data, whole, entry)
-        run.assembled.add(task.final)
-        remove_frames(run.dir, task.final, header.frames)
+        _write_recorded(run.dir / final, data, whole, entry)
+        run.assembled.add(final)
+        remove_frames(run.dir, final, header.frames)
     return notes
 
 
@@ -409,4 +380,8 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, old)
+
+    def undo() -> None:
+        signal.signal(signal.SIGTERM, old)
+
+    return undo

@@ -26,14 +26,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ccsr.models.shipped import resolve_model_root
 from ccsr.upscale import derived
 from ccsr.upscale.config import UpscaleConfig
+from ccsr.upscale.device import init_state, load_pipeline, load_pipeline_on
 from ccsr.upscale.discovery import InputError
+from ccsr.upscale.jobs import Job, RunDir
 from ccsr.upscale.limits import mp, output_pixels
-from ccsr.upscale.loop import RunDir, process
+from ccsr.upscale.loop import process
 from ccsr.upscale.manifest import (
     FAILURES_JSONL,
     MANIFEST,
@@ -54,6 +57,16 @@ from ccsr.upscale.runlog import (
 )
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+__all__ = [
+    "EXIT_FAILURES",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "launch_rank",
+    "load_pipeline",
+    "run_upscale",
+]
 
 
 def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
@@ -91,8 +104,9 @@ def run_upscale(cfg: UpscaleConfig, pipe=None) -> int:
 
 
 def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str, pipe=None) -> int:
+    """Steps 1 to 4 of the module's list, once torch is in: plan, shard, upscale, record."""
     try:
-        state, device = _init_state(cfg.device)
+        state, device = init_state(cfg.device)
     except InputError as e:
         print(f"ccsr upscale: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -105,90 +119,126 @@ def _run(cfg: UpscaleConfig, scan: Scan, wall0: float, started: str, pipe=None) 
             if rank == 0:
                 print(f"ccsr upscale: error: {e}", file=sys.stderr)
             return EXIT_USAGE
-        runs, pre_failures = scan.runs, scan.failures
-        todo = [j for j in jobs if j.tasks]
-        owner: dict[Path, int] = {}  # all frames of an input go to one process, which puts them together
-        for j in todo:
-            owner.setdefault(j.file.path, len(owner) % world)
-        n_files = len({j.file.path for j in jobs})
-        skipped_images = n_files - len(owner)
-        shard = [j for j in todo if owner[j.file.path] == rank]
-        out_root = Path(cfg.output)
+        share = Share.of(jobs, world, rank)
         if rank == 0:
-            estimate = sum(output_pixels(s, cfg.scale) for p in owner for s in scan.sizes.get(p, ()))
-            log.event(
-                "start",
-                inputs=n_files + len(pre_failures),
-                to_do=len(todo),
-                processes=world,
-                output_megapixels=round(estimate / 1e6, 3),
-            )
-            if skipped_images:
-                log.say(
-                    f"skipping {skipped_images} images whose outputs are done (settings match; --overwrite redoes them)"
-                )
-            for note in scan.notes:
-                log.say(note)
-            if todo:
-                log.say(f"to do: {len(owner)} images, about {mp(estimate)} of output in all")
+            _announce(cfg, scan, share, world, log)
         state.wait_for_everyone()
-        for run in runs:
-            run.writer = ManifestWriter(run.dir / MANIFEST)
-        tally = Tally()
-        if rank == 0:
-            tally.failures += pre_failures
-            for f in pre_failures:
-                log.failure(f)
-        load_s = 0.0
-        if shard and pipe is not None:
-            process(shard, pipe, cfg, log, tally)
-        elif shard:
-            t = time.perf_counter()
-            try:
-                pipe = _load_pipeline(cfg, device, dtype_name)
-            except (OSError, ValueError, RuntimeError) as e:  # bad weights, wrong layout, device trouble
-                print(f"ccsr upscale: error: could not load --model {cfg.model}: {e}", file=sys.stderr)
-                return EXIT_USAGE
-            load_s = time.perf_counter() - t
-            process(shard, pipe, cfg, log, tally)
+        tally = _start_tally(scan, rank, log)
+        load_s = _load_and_process(cfg, share.mine, pipe, device, dtype_name, log, tally)
+        if load_s is None:
+            return EXIT_USAGE
         log.close_bar()
-        total = _gather(tally, state, out_root)
+        total = _gather(tally, state, Path(cfg.output))
         if rank != 0:
             return _exit_status(tally)
-        wall = time.perf_counter() - wall0
-        status = "interrupted" if total.interrupted else ("stopped" if total.stopped else "complete")
         base = {
             "ccsr_version": _version(),
             "command": sys.argv,
-            "status": status,
+            "status": "interrupted" if total.interrupted else ("stopped" if total.stopped else "complete"),
             "started": started,
             "finished": now_iso(),
             "inputs": [str(p) for p in cfg.inputs],
             "model": {"source": cfg.model, "components": identity},
             "environment": environment(device, dtype_name, world),
-            "timings": {
-                "wall_s": round(wall, 3),
-                "model_load_s": round(load_s, 3),
-                "mean_image_s": round(sum(total.image_seconds) / len(total.image_seconds), 4)
-                if total.image_seconds
-                else None,
-                "loop_s": round(total.loop_seconds, 3),
-                # throughput of the work loop (reading, model, writing), without start-up and model load
-                "images_per_s": round(total.images_done / total.loop_seconds, 4)
-                if total.loop_seconds
-                else None,
-                "peak_gpu_memory_gib": round(total.peak_gpu_bytes / 2**30, 3)
-                if total.peak_gpu_bytes
-                else None,
-            },
+            "timings": _timings(total, time.perf_counter() - wall0, load_s),
         }
-        _finish(cfg, runs, total, base, n_files + len(pre_failures), skipped_images, log)
+        _finish(cfg, scan.runs, total, base, share.n_files + len(scan.failures), share.skipped_images, log)
         status = _exit_status(total)
         if cfg.report and not total.interrupted and not total.stopped:
             status = max(status, _report(cfg))
         return status
     finally:
         log.close()
+
+
+@dataclass(frozen=True)
+class Share:
+    """The jobs with work left, and this process's share of them: all frames of an input go to one
+    process (which puts them together), inputs are dealt out in turn."""
+
+    todo: list[Job]
+    mine: list[Job]
+    owner: dict[Path, int]  # input -> the process that upscales it
+    n_files: int  # inputs planned (skipped ones included)
+
+    @classmethod
+    def of(cls, jobs: list[Job], world: int, rank: int) -> Share:
+        todo = [j for j in jobs if j.tasks]
+        owner: dict[Path, int] = {}
+        for j in todo:
+            owner.setdefault(j.file.path, len(owner) % world)
+        mine = [j for j in todo if owner[j.file.path] == rank]
+        return cls(todo, mine, owner, len({j.file.path for j in jobs}))
+
+    @property
+    def skipped_images(self) -> int:
+        return self.n_files - len(self.owner)
+
+
+def _announce(cfg: UpscaleConfig, scan: Scan, share: Share, world: int, log: RunLog) -> None:
+    """The main process's start event and lines: what is skipped, what is to do."""
+    estimate = sum(output_pixels(s, cfg.scale) for p in share.owner for s in scan.sizes.get(p, ()))
+    log.event(
+        "start",
+        inputs=share.n_files + len(scan.failures),
+        to_do=len(share.todo),
+        processes=world,
+        output_megapixels=round(estimate / 1e6, 3),
+    )
+    if share.skipped_images:
+        log.say(
+            f"skipping {share.skipped_images} images whose outputs are done (settings match; --overwrite redoes them)"
+        )
+    for note in scan.notes:
+        log.say(note)
+    if share.todo:
+        log.say(f"to do: {len(share.owner)} images, about {mp(estimate)} of output in all")
+
+
+def _start_tally(scan: Scan, rank: int, log: RunLog) -> Tally:
+    """Open each run folder's manifest; the main process's tally starts with the failures found before."""
+    for run in scan.runs:
+        run.writer = ManifestWriter(run.dir / MANIFEST)
+    tally = Tally()
+    if rank == 0:
+        tally.failures += scan.failures
+        for f in scan.failures:
+            log.failure(f)
+    return tally
+
+
+def _load_and_process(
+    cfg: UpscaleConfig, shard: list[Job], pipe, device, dtype_name: str, log: RunLog, tally: Tally
+) -> float | None:
+    """Upscale ``shard``, loading the pipeline first unless one is given (and there is work). Returns the
+    seconds spent loading, or None when the model could not be loaded (the message is printed)."""
+    if not shard:
+        return 0.0
+    load_s = 0.0
+    if pipe is None:
+        t = time.perf_counter()
+        try:
+            pipe = load_pipeline_on(cfg, device, dtype_name)
+        except (OSError, ValueError, RuntimeError) as e:  # bad weights, wrong layout, device trouble
+            print(f"ccsr upscale: error: could not load --model {cfg.model}: {e}", file=sys.stderr)
+            return None
+        load_s = time.perf_counter() - t
+    process(shard, pipe, cfg, log, tally)
+    return load_s
+
+
+def _timings(total: Tally, wall: float, load_s: float) -> dict:
+    """``run.json``'s ``"timings"``."""
+    mean = sum(total.image_seconds) / len(total.image_seconds) if total.image_seconds else None
+    return {
+        "wall_s": round(wall, 3),
+        "model_load_s": round(load_s, 3),
+        "mean_image_s": None if mean is None else round(mean, 4),
+        "loop_s": round(total.loop_seconds, 3),
+        # throughput of the work loop (reading, model, writing), without start-up and model load
+        "images_per_s": round(total.images_done / total.loop_seconds, 4) if total.loop_seconds else None,
+        "peak_gpu_memory_gib": round(total.peak_gpu_bytes / 2**30, 3) if total.peak_gpu_bytes else None,
+    }
 
 
 def launch_rank() -> int:
@@ -226,7 +276,7 @@ def _finish(
             write_records(
                 run.dir,
                 run.steps,
-                {**base, "settings": run.settings, "settings_hash": run.hash},
+                {**base, "settings": run.resolved.as_dict(), "settings_hash": run.hash},
                 total,
                 run.skipped,
             )
@@ -250,64 +300,6 @@ def _finish(
             print(
                 f"  failures listed in {', '.join(str(r.dir / FAILURES_JSONL) for r in runs)} (and failures.txt)"
             )
-
-
-# ---------------------------------------------------------------------------------------------- devices
-def _init_state(requested: str):
-    """``(accelerate PartialState, torch.device)``: under ``accelerate launch`` each process gets its own
-    GPU (or, on CPU, a gloo process group); alone, ``auto`` picks CUDA, then MPS, then CPU."""
-    import torch
-    from accelerate import PartialState
-
-    if requested == "auto":
-        state = PartialState(cpu=not torch.cuda.is_available())
-        device = state.device
-        if device.type == "cpu" and state.num_processes == 1 and torch.backends.mps.is_available():
-            device = torch.device("mps")
-    else:
-        try:
-            device = torch.device(requested)
-        except RuntimeError as e:
-            raise InputError(
-                f"--device {requested!r} is not a device torch knows ({e}); try cpu, cuda, cuda:1, mps"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {requested} but torch sees no CUDA device here; use --device cpu")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise InputError(f"--device {requested} but MPS is not available here; use --device cpu")
-        state = PartialState(cpu=device.type != "cuda")
-        if device.type == "cuda" and device.index is None:
-            device = state.device
-    if device.type == "cpu":
-        device = torch.device("cpu")
-    return state, device
-
-
-def load_pipeline(cfg: UpscaleConfig):
-    """The pipeline :func:`run_upscale` loads for ``cfg`` (model, device, precision, speed options)."""
-    _, device = _init_state(cfg.device)
-    return _load_pipeline(cfg, device, cfg.resolved_precision(device.type))
-
-
-def _load_pipeline(cfg: UpscaleConfig, device, dtype_name: str):
-    import torch
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    from ccsr.pipeline import CCSRPipeline
-
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-    pipe = CCSRPipeline.from_pretrained(
-        resolve_model_root(cfg.model),
-        base=cfg.base,
-        controlnet=cfg.controlnet,
-        vae=cfg.vae,
-        torch_dtype=dtype,
-        allow_pickle=cfg.allow_pickle,
-    )
-    return pipe.to(device).optimize(channels_last=cfg.channels_last, compile=cfg.compile)
 
 
 # ---------------------------------------------------------------------------------------------- end of run
@@ -342,7 +334,7 @@ def _report(cfg: UpscaleConfig) -> int:
         return EXIT_FAILURES
     from ccsr.metrics.iqa import MetricUnavailable
 
-    kwargs = {} if cfg.report_metrics is None else {"metrics": tuple(cfg.report_metrics)}
+    kwargs: dict[str, Any] = {} if cfg.report_metrics is None else {"metrics": tuple(cfg.report_metrics)}
     try:
         path = write_report(
             Path(cfg.output), gt_dir=None if cfg.report_gt is None else Path(cfg.report_gt), **kwargs

@@ -232,7 +232,7 @@ def environment(device: object, dtype: str, processes: int) -> dict:
         import torch
 
         if getattr(device, "type", "") == "cuda":
-            dev += f" ({torch.cuda.get_device_name(device)})"
+            dev += f" ({torch.cuda.get_device_name(dev)})"
     except Exception:  # the name is decoration; never fail a run record on it
         pass
     return {
