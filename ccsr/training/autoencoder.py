@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccsr.atomic import replace_dir_atomically
-from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train
+from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_configured
 from ccsr.training.scratch_config import AutoencoderConfig, AutoencoderObjective
 
 Config = AutoencoderConfig  # what `ccsr train autoencoder` loads
@@ -143,13 +143,4 @@ def run(cfg: AutoencoderConfig) -> TrainResult:
     data = HQImageDataset.from_config(cfg.data, cfg.train.seed)
     crops = calibration_crops(data, cfg.objective.calibration_crops, cfg.train.seed)
     step = AutoencoderStep(vae, cfg.objective, crops)
-    return train(
-        step,
-        data,
-        cfg.train,
-        cfg.optimizer,
-        num_workers=cfg.data.num_workers,
-        val_dataset=FixedCrops(crops),
-        config=cfg,
-        project_name="ccsr-autoencoder",
-    )
+    return train_configured(step, data, cfg, FixedCrops(crops), "ccsr-autoencoder")

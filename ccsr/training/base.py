@@ -23,7 +23,7 @@ from torch import nn
 from ccsr.atomic import replace_dir_atomically
 from ccsr.diffusion import add_noise, predict_x0, training_target
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
-from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train, weight_dtype
+from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_configured, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
 
 Config = BaseConfig  # what `ccsr train base` loads
@@ -163,13 +163,5 @@ def run(cfg: BaseConfig) -> TrainResult:
 
     step = build_step(cfg)
     data = HQImageDataset.from_config(cfg.data, cfg.train.seed)
-    return train(
-        step,
-        data,
-        cfg.train,
-        cfg.optimizer,
-        num_workers=cfg.data.num_workers,
-        val_dataset=torch.utils.data.Subset(data, list(range(min(4, len(data))))),
-        config=cfg,
-        project_name="ccsr-base",
-    )
+    first_four = torch.utils.data.Subset(data, list(range(min(4, len(data)))))
+    return train_configured(step, data, cfg, first_four, "ccsr-base")

@@ -217,14 +217,27 @@ def train_sr_stage(build_step: Callable[[], TrainStep], cfg: Any, project_name: 
     val_data = None
     if cfg.data.val_lr is not None:
         val_data = PairedImageDataset(cfg.data.val_lr, cfg.data.val_hr, crop=cfg.data.resolution)
+    return train_configured(step, train_data, cfg, val_data, project_name, cfg.data.val_max_images)
+
+
+def train_configured(
+    step: TrainStep,
+    data: Dataset,
+    cfg: Any,
+    val_dataset: Dataset | None,
+    project_name: str,
+    val_max_images: int = 4,
+) -> TrainResult:
+    """:func:`train` with the parts of a stage config every stage shares: ``cfg.train``,
+    ``cfg.optimizer``, ``cfg.data.num_workers``, and ``cfg`` itself as the recorded config."""
     return train(
         step,
-        train_data,
+        data,
         cfg.train,
         cfg.optimizer,
         num_workers=cfg.data.num_workers,
-        val_dataset=val_data,
-        val_max_images=cfg.data.val_max_images,
+        val_dataset=val_dataset,
+        val_max_images=val_max_images,
         config=cfg,
         project_name=project_name,
     )

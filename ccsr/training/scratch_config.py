@@ -88,24 +88,26 @@ class BaseObjective:
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
-    """``configs/tiny/autoencoder.yaml``: train an AutoencoderKL from scratch on images."""
+class _ScratchStageConfig:
+    """What the two from-scratch stages share; each adds its ``objective``."""
 
     model: ScratchModelConfig
     data: ImageDataConfig
     train: LoopConfig
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=2e-4))
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig(_ScratchStageConfig):
+    """``configs/tiny/autoencoder.yaml``: train an AutoencoderKL from scratch on images."""
+
     objective: AutoencoderObjective = field(default_factory=AutoencoderObjective)
 
 
 @dataclass(frozen=True)
-class BaseConfig:
+class BaseConfig(_ScratchStageConfig):
     """``configs/tiny/base.yaml``: train the latent-diffusion UNet (the prior SD-2.1 is for CCSR)."""
 
-    model: ScratchModelConfig
-    data: ImageDataConfig
-    train: LoopConfig
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=2e-4))
     objective: BaseObjective = field(default_factory=BaseObjective)
 
     def __post_init__(self) -> None:
