@@ -43,10 +43,15 @@ def encode_image(
     return z.float() * vae.config.scaling_factor
 
 
-@torch.no_grad()
-def decode_latent(vae, latents: torch.Tensor) -> torch.Tensor:
+def decode_latent(vae, latents: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
     """Scaled latents -> float32 images in about ``[-1, 1]``; a half-precision decode that overflows is redone
-    in float32 (the VAE's weights are cast back afterwards)."""
+    in float32 (the VAE's weights are cast back afterwards). Without gradients unless ``differentiable``
+    (a loss on the decoded image that trains what made the latents)."""
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        return _decode(vae, latents)
+
+
+def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
     z = latents / vae.config.scaling_factor
     img = vae.decode(z.to(module_dtype(vae)), return_dict=False)[0]
     if module_dtype(vae) != torch.float32 and not torch.isfinite(img).all():

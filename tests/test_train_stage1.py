@@ -169,6 +169,53 @@ def test_stage1_losses_match_hand_computation():
     assert torch.allclose(v_terms["x0"], ((s * x_big - r * (0.3 * x_big + 0.1) - z) ** 2).mean(), rtol=1e-4)
 
 
+def test_pixel_term_is_l1_of_the_decoded_one_step_x0():
+    """objective.weight_x0_pixel: L1(decode(x0_T), image), with x0_T the same one-step x0 as the x0 term;
+    gradients reach the denoiser through the decoder (real AutoencoderKL, frozen)."""
+    from diffusers import DDPMScheduler
+
+    from ccsr.encoding import decode_latent
+    from ccsr.models.tiny import SD21_SCHEDULER, TinySpec, build_tiny_components
+    from ccsr.training.stage1 import stage1_losses
+
+    abar = DDPMScheduler.from_config(SD21_SCHEDULER).alphas_cumprod
+    vae = build_tiny_components(TinySpec(), seed=0)[2].eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    z, c = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    noise, image = torch.randn(3, 2, 4, 4, 4, generator=g), torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    w = torch.tensor(0.3, requires_grad=True)
+
+    def model_fn(x, tt):
+        return w * x + 0.1
+
+    def decode(latents):
+        return decode_latent(vae, latents, differentiable=True)
+
+    obj = Stage1Objective(
+        start_from="lr", weight_eps=0, weight_x0=2.0, weight_x0_renoised=0, weight_x0_pixel=5.0
+    )
+    terms = stage1_losses(model_fn, z, c, abar, obj, noise=noise, decode=decode, image=image)
+    s, r = abar[999].sqrt(), (1 - abar[999]).sqrt()
+    x_big = s * c + r * noise[1]
+    x0 = (x_big - r * (0.3 * x_big + 0.1)) / s
+    expected = (decode(x0) - image).abs().mean()
+    assert torch.allclose(terms["x0_pixel"], expected, rtol=1e-4)
+    assert torch.allclose(terms["loss"], 2.0 * terms["x0"] + 5.0 * expected, rtol=1e-4)
+    (grad,) = torch.autograd.grad(terms["x0_pixel"], w)
+    assert grad.abs() > 0
+    assert not decode_latent(
+        vae, x0.requires_grad_()
+    ).requires_grad  # the pipeline's decode stays gradient-free
+    # Only the pixel term: the one-step pass still runs; without a decoder it is refused.
+    pixel_only = Stage1Objective(weight_eps=0, weight_x0=0, weight_x0_renoised=0, weight_x0_pixel=1.0)
+    assert set(stage1_losses(model_fn, z, c, abar, pixel_only, noise=noise, decode=decode, image=image)) == {
+        "x0_pixel",
+        "loss",
+    }
+    with pytest.raises(ValueError, match="weight_x0_pixel"):
+        stage1_losses(model_fn, z, c, abar, pixel_only, noise=noise)
+
+
 # ------------------------------------------------------------------------------------------ training
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, photos, val_dirs, tmp_path_factory):

@@ -20,7 +20,7 @@ from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
 from ccsr.denoiser import denoise
 from ccsr.diffusion import add_noise, predict_x0, training_target
-from ccsr.encoding import encode_image, encode_prompts
+from ccsr.encoding import decode_latent, encode_image, encode_prompts
 from ccsr.schedule import sample_train_timesteps_upper
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage1_config import Stage1Config, Stage1Objective
@@ -37,6 +37,8 @@ def stage1_losses(
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
     prediction_type: str = "epsilon",
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    image: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The three terms of CCSR stage 1 (docs/algorithm.md §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
 
@@ -53,9 +55,15 @@ def stage1_losses(
     ``x0`` = MSE(x0_T, z) with x0_T = predict_x0 at T = start_timestep from add_noise(start, eps2, T);
     ``x0_renoised`` = MSE(x0_tau, z) with x0_tau = predict_x0 at tau = round(1000 t_max) from
     add_noise(x0_T, eps3, tau). x0_T is not detached: the last term trains through both passes.
+    ``x0_pixel`` (not in the reference; needs ``decode``, scaled latent -> image in [-1, 1], and the GT
+    ``image`` in [-1, 1]) = L1(decode(x0_T), image): the one-step error where the user sees it, in pixels,
+    since an equal latent MSE can decode to very different pixel errors.
     Terms whose weight is 0 are not computed (their passes are skipped).
     """
     w_eps, w_x0, w_re = objective.weight_eps, objective.weight_x0, objective.weight_x0_renoised
+    w_px = objective.weight_x0_pixel
+    if w_px > 0 and (decode is None or image is None):
+        raise ValueError("objective.weight_x0_pixel > 0 needs decode= and image= (the GT in [-1, 1])")
     tau = sample_train_timesteps_upper(objective.t_max)
     big_t = objective.start_timestep
     z = z.float()
@@ -70,13 +78,17 @@ def stage1_losses(
         target = training_target(z, noise[0], timesteps, alphas_cumprod, prediction_type)
         terms["eps"] = F.mse_loss(model_fn(x_t, timesteps).float(), target)
         total = total + w_eps * terms["eps"]
-    if w_x0 > 0 or w_re > 0:
+    if w_x0 > 0 or w_re > 0 or w_px > 0:
         start = z if objective.start_from == "gt" else c.float()
         x_big_t = add_noise(start, noise[1], big_t, alphas_cumprod)
         x0_big_t = predict_x0(x_big_t, model_fn(x_big_t, big_t), big_t, alphas_cumprod, prediction_type)
         if w_x0 > 0:
             terms["x0"] = F.mse_loss(x0_big_t, z)
             total = total + w_x0 * terms["x0"]
+        if w_px > 0:
+            assert decode is not None and image is not None  # checked above
+            terms["x0_pixel"] = F.l1_loss(decode(x0_big_t), image.float())
+            total = total + w_px * terms["x0_pixel"]
         if w_re > 0:
             x_tau = add_noise(x0_big_t, noise[2], tau, alphas_cumprod)
             x0_tau = predict_x0(x_tau, model_fn(x_tau, tau), tau, alphas_cumprod, prediction_type)
@@ -153,6 +165,8 @@ class Stage1Step(TrainStep):
             self.alphas_cumprod,
             self.objective,
             prediction_type=self.scheduler.config.prediction_type,
+            decode=lambda latents: decode_latent(self.vae, latents, differentiable=True),
+            image=gt * 2 - 1,
         )
         loss = terms.pop("loss")
         return StepOutput({"controlnet": loss}, {f"term/{k}": float(v.detach()) for k, v in terms.items()})

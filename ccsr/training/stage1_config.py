@@ -23,6 +23,7 @@ class Stage1Objective:
     weight_eps: float = 1.0
     weight_x0: float = 1.0
     weight_x0_renoised: float = 1.0
+    weight_x0_pixel: float = 0.0  # not in the reference: L1 between the decoded one-step x0 and the GT image
     prompt: str = ""  # the reference trains with the empty caption
 
     def __post_init__(self) -> None:
@@ -32,7 +33,7 @@ class Stage1Objective:
             t_int < self.start_timestep <= 999,
             f"start_timestep={self.start_timestep} must be in (round(1000 * t_max) = {t_int}, 999]",
         )
-        weights = (self.weight_eps, self.weight_x0, self.weight_x0_renoised)
+        weights = (self.weight_eps, self.weight_x0, self.weight_x0_renoised, self.weight_x0_pixel)
         check(
             all(w >= 0 for w in weights) and sum(weights) > 0,
             f"loss weights {weights} must be >= 0, not all 0",
