@@ -29,6 +29,7 @@ from torch import nn
 from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
 from ccsr.encoding import GeneratorArg, encode_image, encode_prompts, vae_scale_factor
+from ccsr.models.discriminator import ProjectedDiscriminator
 from ccsr.sampling import Prompts, sample_clean_latent
 from ccsr.schedule import make_schedule
 from ccsr.training.gan_losses import hinge_discriminator_loss, hinge_generator_loss
@@ -94,6 +95,7 @@ class Stage2Step(TrainStep):
 
             self.lpips = build_lpips(cfg.lpips.net, cfg.lpips.backbone_weights)
         c = load_components(m.pretrained, m.base, m.controlnet, m.vae)
+        assert c.controlnet is not None, "load_components loads the ControlNet by default"
         self.unet, self.stage1_controlnet, self.scheduler = c.unet, c.controlnet, c.scheduler
         self.vae, self.vae_source = c.vae, Path(c.paths.vae)
         self.scheduler.set_timesteps(s.num_inference_steps)
@@ -199,6 +201,7 @@ class Stage2Step(TrainStep):
         obj = self.cfg.objective
         lq, gt = self.lr_and_gt(batch)
         disc = self.unwrap("discriminator")
+        assert isinstance(disc, ProjectedDiscriminator)  # the bare module behind the prepared one
         with torch.no_grad():
             z = self.clean_latent(lq)
             cond = disc.condition(lq)
