@@ -16,6 +16,7 @@ RNG states); no hard-coded weight paths; ``accelerator.unwrap_model`` instead of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,20 +123,11 @@ class Stage2Step(TrainStep):
         for part in obj.trainable:
             getattr(self.vae, part).requires_grad_(True)
         self.decoder = VAEDecoder(self.vae).train()
-        d = cfg.discriminator
         with torch.random.fork_rng(devices=[]):
             # The heads' initial weights depend on train.seed only, not on what ran before.
             torch.manual_seed(cfg.train.seed)
-            self.discriminator = build_discriminator(
-                d.feature_network,
-                d.condition_network,
-                taps=d.taps,
-                cmap_dim=d.cmap_dim,
-                kernel_size=d.kernel_size,
-                norm_groups=d.norm_groups,
-                augment=d.augment,
-                p_crop=d.p_crop,
-            ).train()
+            # DiscriminatorConfig's fields are build_discriminator's arguments, one for one.
+            self.discriminator = build_discriminator(**dataclasses.asdict(cfg.discriminator)).train()
 
     # -- the loop's contract
     def modules(self) -> dict[str, nn.Module]:
