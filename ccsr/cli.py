@@ -1,7 +1,7 @@
 """``ccsr`` console script: a thin dispatcher over ``ccsr.commands.<name>`` modules.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``,
-and imports heavy libraries (torch, diffusers, pyiqa) only inside ``main``, so ``ccsr --help`` is fast.
+optionally ``EPILOG`` (text shown verbatim after the options), and imports heavy libraries (torch, diffusers, pyiqa) only inside ``main``, so ``ccsr --help`` is fast.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(mod_name)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        epilog = getattr(mod, "EPILOG", None)
+        if epilog is not None:  # laid out by hand: keep its line breaks
+            p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, epilog
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser

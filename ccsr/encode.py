@@ -62,16 +62,7 @@ def encode_image(
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"format={fmt!r} is not one of {sorted(OUTPUT_FORMATS)}")
     notes: list[str] = []
-    if alpha is not None and fmt == "jpg":
-        notes.append("alpha dropped: jpg has no alpha channel (use --format png, webp or tiff)")
-        alpha = None
-    if color.dtype == np.uint16 and fmt not in ("png", "tiff"):
-        notes.append(f"16-bit reduced to 8 bits: {fmt} holds 8 bits (use --format png or tiff)")
-        color = _to8(color)
-        alpha = None if alpha is None else _to8(alpha)
-    if fmt == "bmp" and (icc_profile or exif):
-        notes.append("EXIF/ICC not kept: bmp cannot hold them")
-        icc_profile = exif = None
+    color, alpha, icc_profile, exif = _what_format_holds(color, alpha, fmt, icc_profile, exif, notes)
     if color.dtype == np.uint16:
         if fmt == "tiff" and (icc_profile or exif):
             notes.append("EXIF/ICC not kept: 16-bit tiff is written without metadata (use --format png)")
@@ -80,11 +71,7 @@ def encode_image(
             lambda icc, ex: _encode_16bit(color, alpha, fmt, icc, ex, notes), icc_profile, exif, fmt, notes
         )
     im = _to_pil(color, alpha, fmt, notes)
-    kwargs: dict = {}
-    if fmt in ("jpg", "webp"):
-        kwargs["quality"] = quality
-    if fmt == "jpg":
-        kwargs["subsampling"] = 0 if quality >= 90 else 2  # keep chroma detail at high quality
+    kwargs = _quality_options(fmt, quality)
 
     def save(icc: bytes | None, ex: bytes | None) -> bytes:
         if fmt == "jpg" and icc and len(icc) > _JPEG_MAX_ICC:  # Pillow would write a profile no reader takes
@@ -95,6 +82,39 @@ def encode_image(
         return buf.getvalue()
 
     return with_metadata_fallback(save, icc_profile, exif, fmt, notes)
+
+
+def _what_format_holds(
+    color: np.ndarray,
+    alpha: np.ndarray | None,
+    fmt: str,
+    icc_profile: bytes | None,
+    exif: bytes | None,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray | None, bytes | None, bytes | None]:
+    """``(color, alpha, icc_profile, exif)`` less what ``fmt`` cannot hold (alpha in JPEG, 16 bits outside
+    PNG/TIFF, metadata in BMP); each loss is appended to ``notes``."""
+    if alpha is not None and fmt == "jpg":
+        notes.append("alpha dropped: jpg has no alpha channel (use --format png, webp or tiff)")
+        alpha = None
+    if color.dtype == np.uint16 and fmt not in ("png", "tiff"):
+        notes.append(f"16-bit reduced to 8 bits: {fmt} holds 8 bits (use --format png or tiff)")
+        color = _to8(color)
+        alpha = None if alpha is None else _to8(alpha)
+    if fmt == "bmp" and (icc_profile or exif):
+        notes.append("EXIF/ICC not kept: bmp cannot hold them")
+        icc_profile = exif = None
+    return color, alpha, icc_profile, exif
+
+
+def _quality_options(fmt: str, quality: int) -> dict[str, int]:
+    """Pillow's save options for the lossy formats (JPEG, WebP); none for the others."""
+    kwargs = {}
+    if fmt in ("jpg", "webp"):
+        kwargs["quality"] = quality
+    if fmt == "jpg":
+        kwargs["subsampling"] = 0 if quality >= 90 else 2  # keep chroma detail at high quality
+    return kwargs
 
 
 def with_metadata_fallback(save, icc: bytes | None, exif: bytes | None, fmt: str, notes: list[str]):

@@ -99,7 +99,19 @@ class ImageData:
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> ImageData:
     """Decode ``path`` (its ``frame``-th page or animation frame, composited as shown) into an upright
     :class:`ImageData`; raise :class:`ImageReadError` with the reason."""
-    path = Path(path)
+    data = _read_bytes(Path(path))
+    color, alpha, icc, exif, orientation, fmt = _decode_bytes(data, max_pixels, frame)
+    color, alpha = _orient(color, orientation), (None if alpha is None else _orient(alpha, orientation))
+    hh, ww = color.shape[:2]
+    if min(ww, hh) < MIN_SIDE:
+        raise ImageReadError(
+            f"too small: {ww}x{hh} pixels; inputs need at least {MIN_SIDE} pixels on each side"
+        )
+    return ImageData(color, alpha, icc, exif, fmt, hashlib.sha256(data).hexdigest())
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The whole file; a broken link, a folder, an unreadable or empty file is an :class:`ImageReadError`."""
     if path.is_symlink() and not path.exists():
         raise ImageReadError("broken symbolic link")
     if not path.is_file():
@@ -110,6 +122,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, fr
         raise ImageReadError(f"cannot be read: {e.strerror or e}") from e
     if not data:
         raise ImageReadError("empty file (0 bytes)")
+    return data
+
+
+def _decode_bytes(data: bytes, max_pixels: int, frame: int):
+    """:func:`_decode` of the file's bytes, after the pixel-count guard; Pillow's errors become
+    :class:`ImageReadError` naming the file's state."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         # Pillow's own guard (a process-wide setting) must not be stricter than the caller's limit.
@@ -119,7 +137,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, fr
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(_too_large(w, h, max_pixels))
-            img = _decode(im, data, frame)
+            return _decode(im, data, frame)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -129,14 +147,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, fr
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         # Pillow signals truncated / corrupt data with these; name the file's state, not the internals.
         raise ImageReadError(f"truncated or corrupt image data ({e})") from None
-    color, alpha, icc, exif, orientation, fmt = img
-    color, alpha = _orient(color, orientation), (None if alpha is None else _orient(alpha, orientation))
-    hh, ww = color.shape[:2]
-    if min(ww, hh) < MIN_SIDE:
-        raise ImageReadError(
-            f"too small: {ww}x{hh} pixels; inputs need at least {MIN_SIDE} pixels on each side"
-        )
-    return ImageData(color, alpha, icc, exif, fmt, hashlib.sha256(data).hexdigest())
 
 
 def _too_large(w: int, h: int, limit: int) -> str:

@@ -95,39 +95,9 @@ def make_schedule(
     """
     grid = [int(t) for t in base_timesteps]
     n = len(grid)
-    if n == 0:
-        raise ValueError("base_timesteps is empty: call scheduler.set_timesteps(N) with N >= 1 first")
-    if any(a <= b for a, b in zip(grid, grid[1:])):
-        raise ValueError(f"base_timesteps must be strictly descending, got {grid}")
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    if not 0 < start_timestep:
-        raise ValueError(f"start_timestep={start_timestep} must be positive")
+    _check_schedule_args(grid, t_max, t_min, start_timestep)
     what = f"num_inference_steps={n}, t_max={t_max}, t_min={t_min}"
-
-    if t_max == 1.0:
-        # The reference skips the extraction step and runs the whole grid from the noised start.
-        if n == 1:
-            raise ValueError(
-                f"{what}: t_max=1 skips the extraction step, so N=1 leaves nothing to run; use N >= 2"
-            )
-        start: int | None = None
-        tau: int | None = None
-        loop = list(grid)
-    else:
-        n_keep = round(n * t_max)
-        if n_keep < 1:
-            raise ValueError(
-                f"{what}: round(N * t_max) = {n_keep} keeps no timestep of the grid; raise t_max or N"
-            )
-        if grid[-n_keep] >= start_timestep:
-            raise ValueError(
-                f"{what}: the re-noising timestep {grid[-n_keep]} is not below start_timestep={start_timestep}"
-            )
-        start = start_timestep
-        # N == 1 is the one-step model: the extraction step's x0 is the output.
-        loop = [] if n == 1 else grid[-n_keep:]
-        tau = loop[0] if loop else None
+    start, tau, loop = _kept_steps(grid, t_max, start_timestep, what)
 
     final_x0 = t_min > 0
     if final_x0:
@@ -142,6 +112,44 @@ def make_schedule(
             )
         tau = loop[0] if start is not None else None
     return CCSRSchedule(n, start, tau, tuple(loop), final_x0)
+
+
+def _check_schedule_args(grid: list[int], t_max: float, t_min: float, start_timestep: int) -> None:
+    if not grid:
+        raise ValueError("base_timesteps is empty: call scheduler.set_timesteps(N) with N >= 1 first")
+    if any(a <= b for a, b in zip(grid, grid[1:])):
+        raise ValueError(f"base_timesteps must be strictly descending, got {grid}")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if not 0 < start_timestep:
+        raise ValueError(f"start_timestep={start_timestep} must be positive")
+
+
+def _kept_steps(
+    grid: list[int], t_max: float, start_timestep: int, what: str
+) -> tuple[int | None, int | None, list[int]]:
+    """``(start, tau, loop)`` of :class:`CCSRSchedule` before the ``t_min`` truncation: the extraction
+    step's timestep (``None`` when ``t_max == 1`` skips it), the re-noising timestep and the grid kept."""
+    n = len(grid)
+    if t_max == 1.0:
+        # The reference skips the extraction step and runs the whole grid from the noised start.
+        if n == 1:
+            raise ValueError(
+                f"{what}: t_max=1 skips the extraction step, so N=1 leaves nothing to run; use N >= 2"
+            )
+        return None, None, list(grid)
+    n_keep = round(n * t_max)
+    if n_keep < 1:
+        raise ValueError(
+            f"{what}: round(N * t_max) = {n_keep} keeps no timestep of the grid; raise t_max or N"
+        )
+    if grid[-n_keep] >= start_timestep:
+        raise ValueError(
+            f"{what}: the re-noising timestep {grid[-n_keep]} is not below start_timestep={start_timestep}"
+        )
+    # N == 1 is the one-step model: the extraction step's x0 is the output.
+    loop = [] if n == 1 else grid[-n_keep:]
+    return start_timestep, (loop[0] if loop else None), loop
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,8 @@ def _thumb(path: Path) -> Image.Image:
 
 @functools.lru_cache(maxsize=256)
 def _thumb_of(path: str, mtime_ns: int, side: int = 256) -> Image.Image:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as f:
+        im = f.convert("RGB")
         im.thumbnail((side, side))
         return im
 

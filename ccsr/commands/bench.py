@@ -9,7 +9,7 @@ import argparse
 
 HELP = "Measure upscaling speed on this machine: time per stage, images/s, peak memory, TFLOP/s."
 
-_EPILOG = """\
+EPILOG = """\
 examples:
   ccsr bench --model tiny                                   # the shipped ccsr-tiny on this CPU
   ccsr bench --model tiny --size 128 512 --images 20 --compare-upscale --workers 0
@@ -24,8 +24,6 @@ synchronises the device. Exit status: 0 measured, 2 bad arguments or the model c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = _EPILOG
     parser.add_argument(
         "--model",
         default="tiny",

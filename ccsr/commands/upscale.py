@@ -11,7 +11,7 @@ import os
 
 HELP = "Super-resolve image files or folders (resumable, sharded over processes with accelerate launch)."
 
-_EPILOG = """\
+EPILOG = """\
 examples:
   ccsr upscale photos/ out/ --model /weights/ccsr-v2                 # x4, 1 step (the paper's CCSR-S1)
   ccsr upscale photos/ out/ --model /weights/ccsr-v2 --steps 2       # CCSR-S2: 2 evaluations, guidance 4.5
@@ -30,8 +30,6 @@ OUTPUT_DIR), 130 interrupted.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = _EPILOG
     parser.add_argument(
         "paths",
         nargs="+",

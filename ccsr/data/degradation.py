@@ -42,7 +42,7 @@ def _register_legacy_aliases() -> None:
             from torchvision.transforms import functional
 
             alias = types.ModuleType(_LEGACY)
-            alias.rgb_to_grayscale = functional.rgb_to_grayscale
+            vars(alias).update(rgb_to_grayscale=functional.rgb_to_grayscale)
             sys.modules[_LEGACY] = alias
     try:  # basicsr.archs.arch_util compares torchvision versions with distutils' LooseVersion
         __import__("distutils.version")
@@ -50,8 +50,8 @@ def _register_legacy_aliases() -> None:
         from packaging.version import Version
 
         version = types.ModuleType("distutils.version")
-        version.LooseVersion = Version
-        sys.modules.setdefault("distutils", types.ModuleType("distutils")).version = version
+        vars(version).update(LooseVersion=Version)
+        vars(sys.modules.setdefault("distutils", types.ModuleType("distutils"))).update(version=version)
         sys.modules["distutils.version"] = version
 
 
@@ -72,6 +72,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 _MODES = ("area", "bilinear", "bicubic")
+
+
+def _stack(kernels: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(kernels)).float()
 
 
 def _filter(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -142,7 +146,7 @@ class RealESRGANDegradation:
             k1.append(self._blur_kernel(self.config.first))
             k2.append(self._blur_kernel(self.config.second))
             k3.append(self._final_kernel())
-        return tuple(torch.from_numpy(np.stack(k)).float() for k in (k1, k2, k3))
+        return _stack(k1), _stack(k2), _stack(k3)
 
     # ----------------------------------------------------------------- the pipeline (device)
     def _jpeger(self, device: torch.device) -> torch.nn.Module:

@@ -205,6 +205,7 @@ def python_candidates(photos: tuple[PythonPhoto, ...] = PYTHON_PHOTOGRAPHS) -> l
             raise FileNotFoundError(
                 f"{dist} is not installed; its photographs are part of the tiny set (pip install {dist})"
             ) from e
+        assert mod.__file__ is not None, f"{p.package} is a namespace package: it has no folder"
         file = Path(mod.__file__).parent / p.path
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing from this {dist} {version(dist)}")

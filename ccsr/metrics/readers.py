@@ -236,26 +236,7 @@ def _pair_gt(
             )
         paired = [gt_dir / g for g in gt_names]
     elif pair_by == "name":
-        by_stem: dict[str, str] = {}
-        for g in gt_names:
-            stem = g.rsplit(".", 1)[0]
-            if stem in by_stem:
-                raise RunFolderError(f"{gt_dir} holds two images named {stem}: {by_stem[stem]} and {g}")
-            by_stem[stem] = g
-        stems = [n.rsplit(".", 1)[0] for n in names]
-        unmatched = [n for n, s in zip(names, stems) if s not in by_stem]
-        extra = sorted(set(by_stem) - set(stems))
-        if unmatched or extra:
-            msg = [f"outputs and ground truth in {gt_dir} do not pair by name (extension ignored)."]
-            if unmatched:
-                msg.append(f"Outputs with no ground truth: {_show(unmatched)}.")
-            if extra:
-                msg.append(f"Ground truth with no output: {_show(by_stem[s] for s in extra)}.")
-            msg.append(
-                "If the names differ only by a suffix (e.g. _LR4 / _HR), use --pair-by order (sorted order, as the reference)."
-            )
-            raise RunFolderError(" ".join(msg))
-        paired = [gt_dir / by_stem[s] for s in stems]
+        paired = _pair_by_name(names, gt_names, gt_dir)
     else:
         raise ValueError(f"pair_by={pair_by!r} must be 'name' or 'order'")
     for name, size, gt in zip(names, sizes, paired):
@@ -265,6 +246,30 @@ def _pair_gt(
                 f"output {sample0 / name} is {size[0]}x{size[1]} but ground truth {gt} is {gsize[0]}x{gsize[1]}"
             )
     return paired
+
+
+def _pair_by_name(names: list[str], gt_names: list[str], gt_dir: Path) -> list[Path]:
+    """The ground truth of each output: the image of ``gt_dir`` with the same stem (extension ignored)."""
+    by_stem: dict[str, str] = {}
+    for g in gt_names:
+        stem = g.rsplit(".", 1)[0]
+        if stem in by_stem:
+            raise RunFolderError(f"{gt_dir} holds two images named {stem}: {by_stem[stem]} and {g}")
+        by_stem[stem] = g
+    stems = [n.rsplit(".", 1)[0] for n in names]
+    unmatched = [n for n, s in zip(names, stems) if s not in by_stem]
+    extra = sorted(set(by_stem) - set(stems))
+    if unmatched or extra:
+        msg = [f"outputs and ground truth in {gt_dir} do not pair by name (extension ignored)."]
+        if unmatched:
+            msg.append(f"Outputs with no ground truth: {_show(unmatched)}.")
+        if extra:
+            msg.append(f"Ground truth with no output: {_show(by_stem[s] for s in extra)}.")
+        msg.append(
+            "If the names differ only by a suffix (e.g. _LR4 / _HR), use --pair-by order (sorted order, as the reference)."
+        )
+        raise RunFolderError(" ".join(msg))
+    return [gt_dir / by_stem[s] for s in stems]
 
 
 def open_run(
@@ -285,6 +290,23 @@ def open_run(
             f"{root} is a step sweep (steps*/ folders); evaluate it as a sweep or pick one steps*/ folder"
         )
     layout, dirs = _sample_dirs(root)
+    per_sample = _images_per_sample(root, layout, dirs)
+    names = per_sample[0]
+    _check_same_images(root, dirs, per_sample)
+    _check_manifest(root, dirs)
+    sizes = _sample_sizes(dirs, names)
+    gt_files = None
+    if gt_dir is not None:
+        gt = Path(gt_dir)
+        if not gt.is_dir():
+            raise RunFolderError(f"ground-truth folder {gt} does not exist")
+        gt_files = tuple(_pair_gt(names, sizes, dirs[0], gt, pair_by))
+    return RunFolder(root, layout, tuple(dirs), tuple(names), tuple(sizes), gt_files, _failures(root))
+
+
+def _images_per_sample(root: Path, layout: str, dirs: list[Path]) -> list[list[str]]:
+    """The output images of each sample folder (the run folder itself for a single sample, without its
+    uncertainty maps); refuses loose images beside sample folders."""
     maps = _uncertainty_maps(root)
     per_sample = []
     for d in dirs:
@@ -298,7 +320,10 @@ def open_run(
             raise RunFolderError(
                 f"{root} holds sample folders and also loose images outside them: {_show(loose)}"
             )
-    names = per_sample[0]
+    return per_sample
+
+
+def _check_same_images(root: Path, dirs: list[Path], per_sample: list[list[str]]) -> None:
     if not any(per_sample):
         raise RunFolderError(f"{root} holds no output images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     union = sorted(set().union(*per_sample))
@@ -312,7 +337,10 @@ def open_run(
             f"{root}: the sample folders do not hold the same images ({len(union)} names in all): "
             + "; ".join(problems)
         )
-    _check_manifest(root, dirs)
+
+
+def _sample_sizes(dirs: list[Path], names: list[str]) -> list[tuple[int, int]]:
+    """``(width, height)`` of each image, the same in every sample folder."""
     sizes = []
     for name in names:
         s = [_image_size(d / name) for d in dirs]
@@ -320,19 +348,15 @@ def open_run(
             detail = ", ".join(f"{d / name} is {w}x{h}" for d, (w, h) in zip(dirs, s))
             raise RunFolderError(f"samples of {name} differ in size: {detail}")
         sizes.append(s[0])
-    gt_files = None
-    if gt_dir is not None:
-        gt = Path(gt_dir)
-        if not gt.is_dir():
-            raise RunFolderError(f"ground-truth folder {gt} does not exist")
-        gt_files = tuple(_pair_gt(names, sizes, dirs[0], gt, pair_by))
+    return sizes
+
+
+def _failures(root: Path) -> tuple[str, ...]:
+    """The lines of the run's ``failures.txt`` (inputs ``ccsr upscale`` could not process), if any."""
     failures_txt = root / "failures.txt"
-    failures = (
-        tuple(ln for ln in failures_txt.read_text(encoding="utf-8").splitlines() if ln.strip())
-        if failures_txt.is_file()
-        else ()
-    )
-    return RunFolder(root, layout, tuple(dirs), tuple(names), tuple(sizes), gt_files, failures)
+    if not failures_txt.is_file():
+        return ()
+    return tuple(ln for ln in failures_txt.read_text(encoding="utf-8").splitlines() if ln.strip())
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ccsr.atomic import write_text
-from ccsr.metrics.iqa import DEFAULT_METRICS
-from ccsr.metrics.readers import REPORT_ASSETS, RunFolderError, to_unit
+from ccsr.metrics.iqa import DEFAULT_METRICS, MetricInfo
+from ccsr.metrics.readers import REPORT_ASSETS, PairBy, RunFolderError, to_unit
 from ccsr.metrics.report_render import html_page, markdown
 from ccsr.metrics.scores import RunScores, open_runs, prepare_metrics, score_run
 from ccsr.metrics.stability import DEFAULT_CROP, crop_border, l_std_map
@@ -65,7 +65,7 @@ def evaluate_folder(
     *,
     device: str | None = None,
     crop: int = DEFAULT_CROP,
-    pair_by: str = "name",
+    pair_by: PairBy = "name",
     top: int = 8,
     min_samples: int = 1,
     progress: bool = True,
@@ -167,7 +167,9 @@ def _draw_unstable(results: list[RunScores], top: int, assets: Path) -> dict[str
         folder = assets / _slug(r.label)
         folder.mkdir(exist_ok=True)
         rows = []
+        lstd = r.l_std_per_image
         for rank, (i, m) in enumerate(maps[r.label], start=1):
+            assert lstd is not None, "most_unstable lists images only when L-STD was computed"
             stem = f"{rank:02d}_{_slug(r.run.names[i].rsplit('.', 1)[0])}"
             samples = r.run.load_samples(i)
             panels = (
@@ -182,12 +184,12 @@ def _draw_unstable(results: list[RunScores], top: int, assets: Path) -> dict[str
             heat = folder / f"{stem}_std.png"
             fig = folder / f"{stem}_figure.png"
             save_heatmap_png(m, vmax, heat)
-            title = f"{r.label}: {r.run.names[i]}  L-STD {r.l_std_per_image[i]:.4f}"
+            title = f"{r.label}: {r.run.names[i]}  L-STD {lstd[i]:.4f}"
             save_unstable_figure(panels, m, vmax, title, fig)
             rows.append(
                 {
                     "name": r.run.names[i],
-                    "l_std": float(r.l_std_per_image[i]),
+                    "l_std": float(lstd[i]),
                     "std": {n: float(s.per_image_std()[i]) for n, s in r.metrics.items() if s.image_level},
                     "heatmap": f"{REPORT_ASSETS}/{folder.name}/{heat.name}",
                     "figure": f"{REPORT_ASSETS}/{folder.name}/{fig.name}",
@@ -198,11 +200,12 @@ def _draw_unstable(results: list[RunScores], top: int, assets: Path) -> dict[str
     return out
 
 
-def _draw_sweep(results: list[RunScores], infos: dict, assets: Path) -> str:
+def _draw_sweep(results: list[RunScores], infos: dict[str, MetricInfo], assets: Path) -> str:
     from ccsr.metrics.figures import save_sweep_plot
 
-    steps = [r.steps for r in results]
-    series = {}
+    steps = [r.steps for r in results if r.steps is not None]
+    assert len(steps) == len(results), "the sub-runs of a sweep all have a step count"
+    series: dict[str, tuple[Sequence[float], Sequence[float | None], str]] = {}
     for n, info in infos.items():
         if all(n in r.metrics for r in results):
             series[n] = (
@@ -210,8 +213,9 @@ def _draw_sweep(results: list[RunScores], infos: dict, assets: Path) -> str:
                 [r.metrics[n].g_std for r in results],
                 info.arrow,
             )
-    if all(r.l_std is not None for r in results):
-        series["L-STD"] = ([r.l_std for r in results], [None] * len(results), "↓")
+    l_stds = [r.l_std for r in results if r.l_std is not None]
+    if len(l_stds) == len(results):
+        series["L-STD"] = (l_stds, [None] * len(results), "↓")
     if not series:
         return ""
     save_sweep_plot(steps, series, assets / "metrics_vs_steps.png")

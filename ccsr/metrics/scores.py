@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,12 +21,15 @@ import torch
 from ccsr.metrics.readers import PairBy, RunFolder, find_sweep, open_run, to_unit
 from ccsr.metrics.stability import DEFAULT_CROP, crop_border, g_std, l_std, per_image_std
 
+if TYPE_CHECKING:  # the annotations only: ccsr.metrics.iqa is imported where metrics are loaded
+    from ccsr.metrics.iqa import Metric, MetricInfo
+
 
 @dataclass
 class MetricScores:
     """``per_sample``: ``(S, N)`` for image metrics (sample s, image n); ``(S,)`` for folder metrics."""
 
-    info: object  # ccsr.metrics.iqa.MetricInfo (not imported here, to keep pyiqa lazy)
+    info: MetricInfo
     per_sample: np.ndarray
 
     @property
@@ -66,17 +70,16 @@ class RunScores:
 
     def most_unstable(self, top: int) -> list[int]:
         """Indices of the ``top`` images with the highest L-STD (ties: name order)."""
-        if self.l_std_per_image is None:
+        lstd = self.l_std_per_image
+        if lstd is None:
             return []
-        order = sorted(
-            range(self.run.num_images), key=lambda i: (-self.l_std_per_image[i], self.run.names[i])
-        )
+        order = sorted(range(self.run.num_images), key=lambda i: (-lstd[i], self.run.names[i]))
         return order[:top]
 
 
 def prepare_metrics(
     names: Sequence[str], device: str | torch.device, have_gt: bool, strict: bool = False
-) -> tuple[dict[str, object], dict[str, object], dict[str, str]]:
+) -> tuple[dict[str, Metric], dict[str, MetricInfo], dict[str, str]]:
     """Resolve and load metrics.
 
     Returns:
@@ -92,7 +95,7 @@ def prepare_metrics(
     if len(set(names)) != len(names):
         raise ValueError(f"metric names repeat: {list(names)}")
     infos = {n: metric_info(n) for n in names}  # unknown names fail here, before any work
-    loaded: dict[str, object] = {}
+    loaded: dict[str, Metric] = {}
     not_computed: dict[str, str] = {}
     for n, info in infos.items():
         if info.needs_gt and not have_gt:
@@ -112,7 +115,7 @@ def prepare_metrics(
 
 def score_run(
     run: RunFolder,
-    metrics: dict[str, object],
+    metrics: dict[str, Metric],
     crop: int = DEFAULT_CROP,
     label: str | None = None,
     steps: int | None = None,

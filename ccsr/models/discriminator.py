@@ -17,11 +17,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: ImageNet statistics: DINO was trained on ImageNet-normalised inputs (DINOv2's condition is
 #: fed *without* normalisation, as the reference does).
@@ -154,10 +158,13 @@ class ProjectedDiscriminator(nn.Module):
         p_crop: probability of a random ``image_size`` crop when the input is larger (reference 0.5).
     """
 
+    mean: torch.Tensor  # ImageNet normalisation, registered as buffers
+    std: torch.Tensor
+
     def __init__(
         self,
-        feature_network: nn.Module,
-        condition_network: nn.Module,
+        feature_network: PreTrainedModel,
+        condition_network: PreTrainedModel,
         taps: tuple[int, ...] | None = None,
         cmap_dim: int = 64,
         kernel_size: int = 9,
@@ -229,8 +236,8 @@ class ProjectedDiscriminator(nn.Module):
 
 # ----------------------------------------------------------------------------- loading
 def load_backbone(
-    cls: type, name_or_path: str | os.PathLike, model_type: str, key: str, hub: str
-) -> nn.Module:
+    cls: type[PreTrainedModel], name_or_path: str | os.PathLike, model_type: str, key: str, hub: str
+) -> PreTrainedModel:
     """``cls.from_pretrained(name_or_path)``, refusing anything that would leave weights random.
 
     ``key`` names the config field, ``hub`` the usual Hub id; both appear in the error message.
@@ -271,7 +278,7 @@ def load_backbone(
 def build_discriminator(
     feature_network: str | os.PathLike = FEATURE_NETWORK,
     condition_network: str | os.PathLike = CONDITION_NETWORK,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> ProjectedDiscriminator:
     """Load both backbones (local folder or Hub id) and build the discriminator around them."""
     from transformers import Dinov2Model, ViTModel

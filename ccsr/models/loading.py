@@ -26,12 +26,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ccsr.diffusion import PREDICTION_TYPES
 from ccsr.models.shipped import resolve_model_root
 from ccsr.quiet import quiet_loading
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 BASE_SUBFOLDER = "stable-diffusion-2-1-base"
 WHERE_TO_GET = (
@@ -249,12 +254,12 @@ def check_base_matches(paths: ComponentPaths, kind: str | None = None) -> None:
 
 @dataclass
 class Components:
-    unet: object
-    controlnet: object
-    vae: object
-    text_encoder: object
-    tokenizer: object
-    scheduler: object
+    unet: UNet2DConditionModel
+    controlnet: ControlNetModel | None  # None with load_components(load_controlnet=False)
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDPMScheduler
     paths: ComponentPaths
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,11 +22,14 @@ from ccsr.atomic import replace_dir_atomically
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_configured
 from ccsr.training.scratch_config import AutoencoderConfig, AutoencoderObjective
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
 Config = AutoencoderConfig  # what `ccsr train autoencoder` loads
 
 
 def autoencoder_losses(
-    vae: nn.Module, x: torch.Tensor, objective: AutoencoderObjective
+    vae: AutoencoderKL, x: torch.Tensor, objective: AutoencoderObjective
 ) -> dict[str, torch.Tensor]:
     """``x``: ``(B, 3, H, W)`` in ``[-1, 1]``. Returns fp32 scalars ``rec``, ``kl`` and their sum ``loss``."""
     posterior = vae.encode(x).latent_dist
@@ -38,7 +42,7 @@ def autoencoder_losses(
 
 
 @torch.no_grad()
-def latent_scaling_factor(vae: nn.Module, images01: torch.Tensor, batch_size: int = 8) -> float:
+def latent_scaling_factor(vae: AutoencoderKL, images01: torch.Tensor, batch_size: int = 8) -> float:
     """``1 / std`` of the posterior means of ``images01`` ``(N, 3, H, W)`` in ``[0, 1]``."""
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     zs = [
@@ -54,7 +58,9 @@ def latent_scaling_factor(vae: nn.Module, images01: torch.Tensor, batch_size: in
 class AutoencoderStep(TrainStep):
     """The VAE is the only module; see :mod:`ccsr.training.loop` for the contract."""
 
-    def __init__(self, vae: nn.Module, objective: AutoencoderObjective, calibration: torch.Tensor) -> None:
+    def __init__(
+        self, vae: AutoencoderKL, objective: AutoencoderObjective, calibration: torch.Tensor
+    ) -> None:
         self.vae = vae.train().requires_grad_(True)
         self.objective = objective
         self.calibration = calibration  # (N, 3, H, W) in [0, 1], CPU: fixed crops for scaling_factor
@@ -72,7 +78,7 @@ class AutoencoderStep(TrainStep):
 
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write ``output_dir/vae`` with ``scaling_factor`` measured on the calibration crops."""
-        vae = self.unwrap("vae")
+        vae: AutoencoderKL = self.unwrap("vae")
         was_training = vae.training
         vae.eval()
         try:
@@ -86,7 +92,7 @@ class AutoencoderStep(TrainStep):
     @torch.no_grad()
     def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{"gt": x, "reconstruction": D(mean of q(z|x))}`` in ``[0, 1]``."""
-        vae = self.unwrap("vae")
+        vae: AutoencoderKL = self.unwrap("vae")
         vae.eval()
         try:
             gt = batch["gt"].float()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from ccsr.diffusion import add_noise, predict_x0, training_target
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_configured, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 Config = BaseConfig  # what `ccsr train base` loads
 MODEL_DIR = "model"  # export sub-folder of train.output_dir
@@ -71,6 +75,7 @@ class BaseStep(TrainStep):
         noise = torch.randn_like(z)
         x_t = add_noise(z, noise, t, self.alphas_cumprod)
         which = torch.randint(0, len(self.objective.prompts), (b,), device=z.device)
+        assert self.prompt_embeddings is not None, "bind() encodes the prompts"
         emb = self.prompt_embeddings[which]
         dtype = next(self.unet.parameters()).dtype
         out = self.unet(x_t.to(dtype), t, encoder_hidden_states=emb.to(dtype), return_dict=False)[0]
@@ -80,7 +85,8 @@ class BaseStep(TrainStep):
 
     def export(self, output_dir: str | os.PathLike) -> Path:
         """Write ``output_dir/model/{unet,vae,text_encoder,tokenizer,scheduler}`` (a base-model folder)."""
-        unet, vae, text_encoder = self.unwrap("unet"), self.vae, self.text_encoder
+        unet: UNet2DConditionModel = self.unwrap("unet")
+        vae, text_encoder = self.vae, self.text_encoder
 
         def write(tmp: Path) -> None:
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
@@ -101,7 +107,7 @@ class BaseStep(TrainStep):
         with the first prompt (``objective.validation_steps`` steps, seed 0)."""
         from diffusers import DDPMScheduler
 
-        unet = self.unwrap("unet")
+        unet: UNet2DConditionModel = self.unwrap("unet")
         unet.eval()
         try:
             gt = batch["gt"].float()
@@ -112,6 +118,7 @@ class BaseStep(TrainStep):
             sched = DDPMScheduler.from_config(self.scheduler.config)
             sched.set_timesteps(self.objective.validation_steps)
             dtype = next(unet.parameters()).dtype
+            assert self.prompt_embeddings is not None, "bind() encodes the prompts"
             emb = self.prompt_embeddings[:1].expand(shape[0], -1, -1).to(dtype)
             for i, t in enumerate(sched.timesteps):
                 out = unet(x.to(dtype), t.to(gt.device), encoder_hidden_states=emb, return_dict=False)[

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,7 +45,10 @@ from torch.utils.data import Dataset
 
 from ccsr.config import LoopConfig, OptimizerConfig, config_to_dict, save_config
 from ccsr.training.checkpoint import Progress, resolve_resume, save_checkpoint
-from ccsr.training.session import EpochSampler, flat_hparams, make_accelerator, open_session
+from ccsr.training.session import EpochSampler, Session, flat_hparams, make_accelerator, open_session
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
 
 __all__ = [
     "EpochSampler",
@@ -102,7 +105,8 @@ class TrainStep:
         """Trade compute for memory; the default covers :meth:`modules`, a step adds frozen backbones."""
         for module in self.modules().values():
             if getattr(module, "_supports_gradient_checkpointing", False):
-                module.enable_gradient_checkpointing()
+                model: ModelMixin = module  # the flag of diffusers models
+                model.enable_gradient_checkpointing()
 
 
 def weight_dtype(accelerator) -> torch.dtype:
@@ -157,6 +161,22 @@ def train(
         accelerator.load_state(str(resume))
         logger.info("resumed from %s at step %d", resume, progress.global_step)
 
+    history = _run_updates(session, train_dataset, cfg, progress, out, val_dataset, val_max_images)
+    export_dir = _export(session, out)
+    return TrainResult(progress.global_step, history, export_dir)
+
+
+def _run_updates(
+    session: Session,
+    train_dataset: Dataset,
+    cfg: LoopConfig,
+    progress: Progress,
+    out: Path,
+    val_dataset: Dataset | None,
+    val_max_images: int,
+) -> list[dict[str, float]]:
+    """The optimizer updates after ``progress.global_step`` up to ``cfg.max_train_steps``, validating and
+    checkpointing on their schedules and after the last one; returns one history entry per micro-batch."""
     history: list[dict[str, float]] = []
     global_step = progress.global_step
     done = global_step >= cfg.max_train_steps
@@ -164,7 +184,7 @@ def train(
     session.tick = time.perf_counter()
     for batch in () if done else _remaining_batches(session.loader, train_dataset, global_step, accum):
         history.append(session.micro_step(batch, global_step))
-        if not accelerator.sync_gradients:
+        if not session.accelerator.sync_gradients:
             continue
         global_step = progress.global_step = global_step + 1
         session.finish_update(global_step, out / "logs" / "metrics.jsonl")
@@ -172,18 +192,23 @@ def train(
         if global_step % cfg.validation_steps == 0 or last:
             session.validate(val_dataset, val_max_images, out / "validation", global_step, cfg.log_with)
         if global_step % cfg.checkpointing_steps == 0 or last:
-            save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+            save_checkpoint(session.accelerator, out, global_step, cfg.checkpoints_total_limit)
         if last:
             break
+    return history
 
+
+def _export(session: Session, out: Path) -> Path | None:
+    """The step's export (main process, EMA weights swapped in); every process waits for it."""
+    accelerator = session.accelerator
     accelerator.wait_for_everyone()
     export_dir = None
     if accelerator.is_main_process:
         with session.ema_weights():
-            export_dir = step.export(out)
+            export_dir = session.step.export(out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(global_step, history, export_dir)
+    return export_dir
 
 
 def _remaining_batches(loader, dataset: Dataset, global_step: int, accumulation: int) -> Iterator[dict]:

@@ -76,7 +76,7 @@ def make_accelerator(cfg: LoopConfig, out: Path) -> Any:
 
 def make_optimizer(params: list[nn.Parameter], optim: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW (or bitsandbytes' 8-bit AdamW) with the config's hyper-parameters."""
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         lr=optim.learning_rate,
         betas=(optim.adam_beta1, optim.adam_beta2),
         weight_decay=optim.adam_weight_decay,

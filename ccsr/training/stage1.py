@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,10 @@ from ccsr.encoding import decode_latent, encode_image, encode_prompts
 from ccsr.schedule import sample_train_timesteps_upper
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_sr_stage, weight_dtype
 from ccsr.training.stage1_config import Stage1Config, Stage1Objective
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
 Config = Stage1Config  # what `ccsr train stage1` loads
 
@@ -104,10 +109,10 @@ class Stage1Step(TrainStep):
     def __init__(
         self,
         *,
-        unet: nn.Module,
-        controlnet: nn.Module,
-        vae: nn.Module,
-        text_encoder: nn.Module,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
         tokenizer,
         scheduler,
         objective: Stage1Objective,
@@ -154,9 +159,11 @@ class Stage1Step(TrainStep):
         gt = batch["gt"]
         lq = self.degrade(gt)
         z, c = self.encode(gt), self.encode(lq)
+        text = self.text_embedding
+        assert text is not None, "bind() encodes the prompt"
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-            return denoise(self.unet, self.controlnet, x_t, t, self.text_embedding, c)
+            return denoise(self.unet, self.controlnet, x_t, t, text, c)
 
         terms = stage1_losses(
             model_fn,
@@ -186,9 +193,9 @@ class Stage1Step(TrainStep):
     def validate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One-step CCSR (S1) on the validation LR images: ``{"lq": bicubic, "sr": output, "gt": HR}`` in [0, 1]."""
         from ccsr.image import tensor_to_pil
-        from ccsr.pipeline import CCSRPipeline
+        from ccsr.pipeline import CCSRPipeline, CCSRPipelineOutput
 
-        controlnet = self.unwrap("controlnet")
+        controlnet: ControlNetModel = self.unwrap("controlnet")
         controlnet.eval()
         try:
             pipe = CCSRPipeline(
@@ -197,14 +204,18 @@ class Stage1Step(TrainStep):
             lq, gt = batch["lq"].float(), batch["gt"].float()
             scale = gt.shape[-1] // lq.shape[-1]
             with self.accelerator.autocast():
-                sr = pipe(
+                out = pipe(
                     tensor_to_pil(lq),
                     steps=1,
                     upscale=scale,
                     process_size=min(gt.shape[-2:]),
                     generator=torch.Generator().manual_seed(0),
                     output_type="pt",
-                ).images
+                )
+            assert isinstance(out, CCSRPipelineOutput) and isinstance(
+                out.images, torch.Tensor
+            )  # output_type="pt"
+            sr = out.images
         finally:
             controlnet.train()
         lq_up = F.interpolate(lq, size=gt.shape[-2:], mode="bicubic").clamp(0, 1)

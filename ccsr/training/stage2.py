@@ -16,6 +16,7 @@ RNG states); no hard-coded weight paths; ``accelerator.unwrap_model`` instead of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import nn
 from ccsr.config import load_config
 from ccsr.data.degradation_config import DegradationConfig
 from ccsr.encoding import GeneratorArg, encode_image, encode_prompts, vae_scale_factor
+from ccsr.models.discriminator import ProjectedDiscriminator
 from ccsr.sampling import Prompts, sample_clean_latent
 from ccsr.schedule import make_schedule
 from ccsr.training.gan_losses import hinge_discriminator_loss, hinge_generator_loss
@@ -94,6 +96,7 @@ class Stage2Step(TrainStep):
 
             self.lpips = build_lpips(cfg.lpips.net, cfg.lpips.backbone_weights)
         c = load_components(m.pretrained, m.base, m.controlnet, m.vae)
+        assert c.controlnet is not None, "load_components loads the ControlNet by default"
         self.unet, self.stage1_controlnet, self.scheduler = c.unet, c.controlnet, c.scheduler
         self.vae, self.vae_source = c.vae, Path(c.paths.vae)
         self.scheduler.set_timesteps(s.num_inference_steps)
@@ -120,20 +123,11 @@ class Stage2Step(TrainStep):
         for part in obj.trainable:
             getattr(self.vae, part).requires_grad_(True)
         self.decoder = VAEDecoder(self.vae).train()
-        d = cfg.discriminator
         with torch.random.fork_rng(devices=[]):
             # The heads' initial weights depend on train.seed only, not on what ran before.
             torch.manual_seed(cfg.train.seed)
-            self.discriminator = build_discriminator(
-                d.feature_network,
-                d.condition_network,
-                taps=d.taps,
-                cmap_dim=d.cmap_dim,
-                kernel_size=d.kernel_size,
-                norm_groups=d.norm_groups,
-                augment=d.augment,
-                p_crop=d.p_crop,
-            ).train()
+            # DiscriminatorConfig's fields are build_discriminator's arguments, one for one.
+            self.discriminator = build_discriminator(**dataclasses.asdict(cfg.discriminator)).train()
 
     # -- the loop's contract
     def modules(self) -> dict[str, nn.Module]:
@@ -199,6 +193,7 @@ class Stage2Step(TrainStep):
         obj = self.cfg.objective
         lq, gt = self.lr_and_gt(batch)
         disc = self.unwrap("discriminator")
+        assert isinstance(disc, ProjectedDiscriminator)  # the bare module behind the prepared one
         with torch.no_grad():
             z = self.clean_latent(lq)
             cond = disc.condition(lq)
