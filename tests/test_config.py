@@ -83,7 +83,7 @@ def test_cross_field_checks_quote_the_numbers():
         load_config(Stage1Config, STAGE1_YAML, REQUIRED + ["data.resolution=500"])
     with pytest.raises(ConfigError, match="data: val_lr and val_hr go together"):
         load_config(Stage1Config, STAGE1_YAML, REQUIRED + ["data.val_lr=some/dir"])
-    with pytest.raises(ConfigError, match=r"loss weights \(0.0, 0.0, 0.0\)"):
+    with pytest.raises(ConfigError, match=r"loss weights \(0.0, 0.0, 0.0, 0.0\)"):
         load_config(
             Stage1Config,
             STAGE1_YAML,
