@@ -45,7 +45,7 @@ def stage1_losses(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     image: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The three terms of CCSR stage 1 (docs/algorithm.md §3.2) and their weighted sum ``"loss"``, all fp32 scalars.
+    """The terms of CCSR stage 1 (docs/algorithm.md §3.2; three, plus an optional pixel term) and their weighted sum ``"loss"``, all fp32 scalars.
 
     Args:
         model_fn: ``(x_t, t) -> output``, the ControlNet+UNet prediction conditioned on ``c``, read as
