@@ -25,6 +25,7 @@ from ccsr.image import make_canvas, pad_canvas, pil_to_tensor, plan_resize
 from ccsr.models.loading import REFERENCE_DEFAULTS
 from ccsr.options import check_color_fix, check_postprocess, check_tile_window
 from ccsr.postprocess import finish_images
+from ccsr.quiet import quiet_loading
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
 from ccsr.schedule import DEFAULT_START_TIMESTEP, CCSRSchedule, make_schedule, preset_for_steps
 from ccsr.tiling import latent_tiles, tile_counter, tile_windows
@@ -114,7 +115,8 @@ class CCSRPipeline(DiffusionPipeline):
         os.makedirs(root, exist_ok=True)
         self.unet.save_pretrained(os.path.join(root, "unet"), safe_serialization=True)
         self.vae.save_pretrained(os.path.join(root, "vae"), safe_serialization=True)
-        self.text_encoder.save_pretrained(os.path.join(root, "text_encoder"), safe_serialization=True)
+        with quiet_loading():
+            self.text_encoder.save_pretrained(os.path.join(root, "text_encoder"), safe_serialization=True)
         self.tokenizer.save_pretrained(os.path.join(root, "tokenizer"))
         self.scheduler.save_pretrained(os.path.join(root, "scheduler"))
         kind = self.scheduler.config.prediction_type

@@ -6,7 +6,8 @@ What is silenced, and why it is noise:
   whenever diffusers imports it (pyiqa installs it); ccsr uses bitsandbytes only for its 8-bit optimiser.
 * diffusers' "There are modules in ControlNetModel that should be kept in float32: []", logged by every
   ``model.to(dtype)`` even when that list is empty (nothing is kept in float32, nothing is lost).
-* transformers' "Loading weights" progress bar while the text encoder loads (a fraction of a second).
+* transformers' "Loading weights" and "Writing model shards" progress bars while the text encoder loads or
+  is saved (a fraction of a second).
 
 Warnings that carry information (missing or unexpected weights, a deprecated argument) are left alone.
 ``ccsr --verbose`` or ``CCSR_VERBOSE=1`` turns all of this off, for the CLI and the Python API alike.
@@ -53,7 +54,8 @@ def quiet_libraries() -> None:
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """Around model loading: :func:`quiet_libraries`, and no transformers progress bar (restored after)."""
+    """Around model loading or saving: :func:`quiet_libraries`, and no transformers progress bar (restored
+    after)."""
     quiet_libraries()
     if verbose_requested() or "transformers" not in sys.modules:
         yield

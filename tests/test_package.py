@@ -13,7 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LOAD_TINY = "from ccsr.pipeline import CCSRPipeline; CCSRPipeline.from_pretrained('tiny')"
-CHATTER = ("should be kept in float32", "Loading weights", "gemm_4bit")
+SAVE_TINY = LOAD_TINY.replace(
+    "CCSRPipeline.from_pretrained('tiny')", "CCSRPipeline.from_pretrained('tiny').save_pretrained"
+)
+CHATTER = ("should be kept in float32", "Loading weights", "gemm_4bit", "Writing model shards")
 
 
 def test_the_packaged_configs_are_the_repositorys_configs():
@@ -60,16 +63,18 @@ def test_from_pretrained_knows_the_shipped_model():
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_library_chatter_is_silenced_unless_verbose(verbose):
+def test_library_chatter_is_silenced_unless_verbose(verbose, tmp_path):
     # conftest quiets the libraries for the suite's own output: start from what a user's shell has
     hidden = ("CCSR_VERBOSE", "TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")
     env = {k: v for k, v in os.environ.items() if k not in hidden}
     if verbose:
         env["CCSR_VERBOSE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", LOAD_TINY], capture_output=True, text=True, env=env)
+    code = f"{SAVE_TINY}({str(tmp_path / 'saved')!r})"  # load and save: both bars
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    if verbose:  # the note diffusers logs on every cast, and the loading bar, come back
-        assert CHATTER[0] in proc.stderr and CHATTER[1] in proc.stderr
+    assert (tmp_path / "saved" / "text_encoder").is_dir()
+    if verbose:  # the note diffusers logs on every cast, and the loading and writing bars, come back
+        assert CHATTER[0] in proc.stderr and CHATTER[1] in proc.stderr and CHATTER[3] in proc.stderr
     else:
         assert not [c for c in CHATTER if c in proc.stderr], proc.stderr
 

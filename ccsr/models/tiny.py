@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ccsr.quiet import quiet_loading
+
 SD21_SCHEDULER = {
     "_class_name": "DDPMScheduler",
     "beta_start": 0.00085,
@@ -171,7 +173,8 @@ def save_release_layout(
     if layout not in ("official", "single"):
         raise ValueError(f"layout={layout!r} must be 'official' or 'single'")
     unet.save_pretrained(base / "unet")
-    text_encoder.save_pretrained(base / "text_encoder")
+    with quiet_loading():
+        text_encoder.save_pretrained(base / "text_encoder")
     tokenizer.save_pretrained(base / "tokenizer")
     scheduler.save_pretrained(base / "scheduler")
     if layout == "official":

@@ -24,6 +24,7 @@ from torch import nn
 from ccsr.atomic import replace_dir_atomically
 from ccsr.diffusion import add_noise, predict_x0, training_target
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
+from ccsr.quiet import quiet_loading
 from ccsr.training.loop import StepOutput, TrainResult, TrainStep, train_configured, weight_dtype
 from ccsr.training.scratch_config import BaseConfig, BaseObjective
 
@@ -93,7 +94,8 @@ class BaseStep(TrainStep):
             # Frozen modules may have been cast to the mixed-precision dtype: ship fp32 copies.
             vae_dtype, te_dtype = vae.dtype, text_encoder.dtype
             vae.to(torch.float32).save_pretrained(tmp / "vae", safe_serialization=True)
-            text_encoder.to(torch.float32).save_pretrained(tmp / "text_encoder", safe_serialization=True)
+            with quiet_loading():
+                text_encoder.to(torch.float32).save_pretrained(tmp / "text_encoder", safe_serialization=True)
             vae.to(vae_dtype)
             text_encoder.to(te_dtype)
             self.tokenizer.save_pretrained(tmp / "tokenizer")
