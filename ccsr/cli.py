@@ -1,7 +1,8 @@
 """``ccsr`` console script: a thin dispatcher over ``ccsr.commands.<name>`` modules.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``,
-optionally ``EPILOG`` (text shown verbatim after the options), and imports heavy libraries (torch, diffusers, pyiqa) only inside ``main``, so ``ccsr --help`` is fast.
+optionally ``EPILOG`` (text shown verbatim after the options), and imports heavy libraries (torch,
+diffusers, pyiqa) only inside ``main``, so ``ccsr --help`` is fast.
 """
 
 from __future__ import annotations
