@@ -118,6 +118,16 @@ def autoencoder_reconstruction(pipe, gt: torch.Tensor, batch: int = 4) -> torch.
     return torch.cat(outs)
 
 
+def shown_indices(names: list[str], show: list[str] | None) -> list[int]:
+    """Indices of the crops the figure shows: ``show`` by name, else the first and last."""
+    if not show:
+        return [0, len(names) - 1]
+    missing = [n for n in show if n not in names]
+    if missing:
+        raise SystemExit(f"--show {' '.join(missing)}: no such crop; the set has {', '.join(names)}")
+    return [names.index(n) for n in show]
+
+
 def figure(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], path: Path) -> None:
     """A grid of ``(label, [image per column])`` rows; the LR column is shown with nearest-neighbour x4."""
     tile = rows[0][1][-1].shape[-1]
@@ -164,6 +174,13 @@ def main() -> int:
         help="as ccsr upscale --process-size (default 512, the CLI's)",
     )
     parser.add_argument("--batch", type=int, default=4, help="images per pipeline call")
+    parser.add_argument(
+        "--show",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="crops (file stems) in the figure; default: the first and last in name order",
+    )
     parser.add_argument(
         "--color-fix",
         choices=COLOR_FIXES,
@@ -234,7 +251,7 @@ def main() -> int:
                 flush=True,
             )
         results["sets"][set_name] = rows
-        for i in (0, len(names) - 1):  # the first and last crop in name order
+        for i in shown_indices(names, args.show):
             cols = [Image.open(data / set_name / f"{names[i]}.png")]
             lr_t = torch.from_numpy(np.asarray(cols[0].convert("RGB")).copy()).permute(2, 0, 1).float() / 255
             shown = [firsts[k][i] for k in args.steps[:2]]
