@@ -309,3 +309,53 @@ def test_clean_prob_mixes_plain_bicubic_images_into_the_batch(shared):
     )
     with pytest.raises(ValueError, match=r"clean_prob=1.5 must be a probability"):
         DegradationConfig(clean_prob=1.5)
+
+
+def test_recolor_keeps_structure_and_covers_colours():
+    """A recoloured crop keeps its edges (luma correlation) but its colours move, and over many draws a
+    grey-free photograph reaches hues it does not hold (the autoencoder must see every colour)."""
+    from ccsr.data.augment import recolor
+
+    crop = np.ascontiguousarray(skdata.coffee()[:64, :64]).astype(np.float32) / 255
+    luma = crop @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    draws = [recolor(crop, np.random.default_rng(i)) for i in range(32)]
+    for out in draws:
+        assert out.shape == crop.shape and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+        out_luma = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        assert np.corrcoef(luma.ravel(), out_luma.ravel())[0, 1] > 0.5
+    means = np.stack([d.reshape(-1, 3).mean(0) for d in draws])
+    # coffee is orange-brown (red > green > blue on average); recolouring puts each channel on top sometimes
+    assert set(np.argmax(means, axis=1)) == {0, 1, 2}
+    assert np.array_equal(recolor(crop, np.random.default_rng(3)), draws[3])  # a function of the generator
+
+
+def test_smooth_patch_is_flat_or_a_ramp():
+    from ccsr.data.augment import smooth_patch
+
+    flat = smooth_patch(32, np.random.default_rng(0), flat_prob=1.0)
+    assert flat.shape == (32, 32, 3) and np.ptp(flat, axis=(0, 1)).max() <= 0.07
+    ramp = smooth_patch(32, np.random.default_rng(0), flat_prob=0.0)
+    assert np.ptp(ramp, axis=(0, 1)).max() > 0.1
+    assert np.abs(np.diff(ramp, axis=0)).max() < 0.05 and np.abs(np.diff(ramp, axis=1)).max() < 0.05
+
+
+def test_hq_dataset_augments_the_share_it_is_asked_to(hq_folder):
+    plain = HQImageDataset([hq_folder], 96, seed=0)
+    smooth = HQImageDataset([hq_folder], 96, seed=0, smooth_prob=1.0)
+    recoloured = HQImageDataset([hq_folder], 96, seed=0, recolor_prob=1.0)
+    for i in range(len(plain)):
+        s = smooth[i]["gt"]
+        assert s.shape == (3, 96, 96) and s.dtype == torch.float32
+        # a synthetic ramp: no pixel differs from its neighbour by more than a few levels
+        assert float((s[:, 1:] - s[:, :-1]).abs().max()) < 0.05
+        assert not torch.equal(recoloured[i]["gt"], plain[i]["gt"])
+        assert torch.equal(recoloured[i]["gt"], recoloured[i]["gt"])  # still (seed, epoch, index) only
+    off = HQImageDataset([hq_folder], 96, seed=0, recolor_prob=0.0, smooth_prob=0.0)
+    assert all(torch.equal(off[i]["gt"], plain[i]["gt"]) for i in range(len(plain)))
+    # what `ccsr train autoencoder --set data.smooth_prob=1` builds
+    from ccsr.training.scratch_config import ImageDataConfig
+
+    configured = HQImageDataset.from_config(
+        ImageDataConfig(train=(str(hq_folder),), resolution=96, smooth_prob=1.0), seed=0
+    )
+    assert torch.equal(configured[2]["gt"], smooth[2]["gt"])

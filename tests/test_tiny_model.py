@@ -123,6 +123,12 @@ def test_scratch_configs_are_strict():
         load_config(AutoencoderConfig, REPO / "configs/tiny/autoencoder.yaml", ["objective.kl_wieght=1"])
     with pytest.raises(ConfigError, match="model.vae"):
         load_config(BaseConfig, REPO / "configs/tiny/base.yaml", ["model.vae=null"])
+    with pytest.raises(ConfigError, match=r"recolor_prob=1.5 must be a probability"):
+        load_config(AutoencoderConfig, REPO / "configs/tiny/autoencoder.yaml", ["data.recolor_prob=1.5"])
+    augmented = load_config(
+        AutoencoderConfig, REPO / "configs/tiny/autoencoder.yaml", ["data.smooth_prob=0.25"]
+    )
+    assert augmented.data.smooth_prob == 0.25 and augmented.data.recolor_prob == 0.0
     cfg = load_config(
         RecipeConfig, REPO / "configs/tiny/recipe.yaml", ["overrides.all=[train.max_train_steps=2]"]
     )

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ccsr.data.augment import recolor, smooth_patch
 from ccsr.io import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,15 @@ class HQImageDataset(Dataset):
         seed: int = 0,
         flip: bool = True,
         cache_mb: int = 0,
+        recolor_prob: float = 0.0,
+        smooth_prob: float = 0.0,
     ) -> None:
         """``cache_mb``: decoded images kept in memory (per DataLoader worker) up to this many MiB, so
-        that small crops of a few images do not decode the same file at every step; 0: none."""
+        that small crops of a few images do not decode the same file at every step; 0: none.
+        ``recolor_prob`` / ``smooth_prob``: the share of items recoloured (:func:`ccsr.data.augment.recolor`)
+        or replaced by a synthetic flat or ramp crop (:func:`ccsr.data.augment.smooth_patch`)."""
         self.resolution, self.seed, self.flip, self.epoch = resolution, seed, flip, 0
+        self.recolor_prob, self.smooth_prob = recolor_prob, smooth_prob
         self.cache_bytes = max(0, cache_mb) * 2**20
         self._cache: dict[int, np.ndarray] = {}
         self._cached = 0
@@ -120,7 +126,15 @@ class HQImageDataset(Dataset):
     @classmethod
     def from_config(cls, data, seed: int) -> HQImageDataset:
         """The training images of a stage's ``data`` config (``train``, ``resolution``, ``cache_mb``)."""
-        return cls(data.train, data.resolution, seed=seed, cache_mb=data.cache_mb)
+        return cls(
+            data.train,
+            data.resolution,
+            seed=seed,
+            cache_mb=data.cache_mb,
+            # Only the from-scratch stages' ImageDataConfig has these; stages 1 and 2 do not augment.
+            recolor_prob=getattr(data, "recolor_prob", 0.0),
+            smooth_prob=getattr(data, "smooth_prob", 0.0),
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -157,7 +171,16 @@ class HQImageDataset(Dataset):
         crop = img[top : top + r, left : left + r]
         if self.flip and rng.random() < 0.5:
             crop = crop[:, ::-1]
-        return {"gt": _to_tensor(crop)}
+        return {"gt": _to_tensor(self._augment(crop, rng))}
+
+    def _augment(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The crop recoloured or replaced by a smooth patch, as ``recolor_prob`` / ``smooth_prob`` say
+        (no draw at all when both are 0, so crops without augmentation stay as they were)."""
+        if self.smooth_prob > 0 and rng.random() < self.smooth_prob:
+            return smooth_patch(self.resolution, rng)
+        if self.recolor_prob > 0 and rng.random() < self.recolor_prob:
+            return recolor(crop, rng)
+        return crop
 
 
 class PairedImageDataset(Dataset):

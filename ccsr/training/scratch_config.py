@@ -21,6 +21,11 @@ class ImageDataConfig:
     resolution: int = 256  # crop side in pixels; a multiple of the VAE's downsampling factor
     num_workers: int = 2
     cache_mb: int = 0  # decoded training images kept in memory per worker (small data sets); 0: none
+    # Share of crops recoloured (channel permutation, hue rotation, saturation) / replaced by a synthetic
+    # flat or ramp crop (ccsr.data.augment): an autoencoder trained on a few photographs otherwise
+    # reproduces only their colours and blotches smooth areas.
+    recolor_prob: float = 0.0
+    smooth_prob: float = 0.0
 
     def __post_init__(self) -> None:
         check(len(self.train) > 0, "train: give at least one image folder or list file")
@@ -30,6 +35,9 @@ class ImageDataConfig:
         )
         check(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
         check(self.cache_mb >= 0, f"cache_mb={self.cache_mb} must be >= 0 (0: no cache)")
+        for name in ("recolor_prob", "smooth_prob"):
+            value = getattr(self, name)
+            check(0.0 <= value <= 1.0, f"{name}={value} must be a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
