@@ -40,8 +40,8 @@ def recolor(
 
 
 def smooth_patch(size: int, rng: np.random.Generator, flat_prob: float = 0.5) -> np.ndarray:
-    """A ``(size, size, 3)`` float32 crop in ``[0, 1]``: with probability ``flat_prob`` one colour (with a
-    ramp of at most 3 % across it), else a bilinear ramp between four uniform random corner colours."""
+    """A ``(size, size, 3)`` float32 crop in ``[0, 1]``: with probability ``flat_prob`` one colour (each corner
+    within 3 % of it), else a bilinear ramp between four uniform random corner colours."""
     corners = rng.uniform(0.0, 1.0, size=(2, 2, 3)).astype(np.float32)
     if rng.random() < flat_prob:
         corners = corners[0, 0] * rng.uniform(0.97, 1.03, size=(2, 2, 1)).astype(np.float32)
