@@ -226,7 +226,7 @@ def main() -> int:
             rows[label] = {m: float(v.mean()) for m, v in score(metrics, baseline, gt).items()}
         # The ceiling users get: the colour fix replaces the decoded image's low frequencies by the
         # (upscaled) input's, so only the autoencoder's high-frequency error is left to bound the output.
-        fixed = to_uint8(apply_color_fix(recon, bic, color_fix))
+        fixed = to_uint8(apply_color_fix(recon, bic, color_fix, pipe.default_wavelet_levels))
         rows["autoencoder+fix"] = {m: float(v.mean()) for m, v in score(metrics, fixed, gt).items()}
         firsts = {}
         for k in args.steps:

@@ -10,7 +10,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ccsr.options import COLOR_FIXES, check_color_fix  # noqa: F401  (COLOR_FIXES: see apply_color_fix)
+from ccsr.options import (  # noqa: F401  (COLOR_FIXES: see apply_color_fix)
+    COLOR_FIXES,
+    WAVELET_LEVELS,
+    check_color_fix,
+    check_wavelet_levels,
+)
 
 ColorFix = Literal["adain", "wavelet", "none"]
 
@@ -39,7 +44,7 @@ def _blur(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.conv2d(x, kernel, groups=x.shape[1], dilation=radius)
 
 
-def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def wavelet_decompose(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
     """A-trous decomposition: returns ``(high, low)`` with ``high + low == x``."""
     high = torch.zeros_like(x)
     for i in range(levels):
@@ -49,7 +54,9 @@ def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
     return high, x
 
 
-def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = 5) -> torch.Tensor:
+def wavelet_color_fix(
+    target: torch.Tensor, source: torch.Tensor, levels: int = WAVELET_LEVELS
+) -> torch.Tensor:
     """High frequencies of ``target`` plus low frequencies of ``source`` (same size required)."""
     if target.shape != source.shape:
         raise ValueError(f"wavelet: target {tuple(target.shape)} and source {tuple(source.shape)} must match")
@@ -58,11 +65,15 @@ def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, levels: int = 
     return (high + low).clamp(0, 1)
 
 
-def apply_color_fix(target: torch.Tensor, source: torch.Tensor, method: str) -> torch.Tensor:
-    """Dispatch on ``method`` in :data:`COLOR_FIXES` (or the authors' alias ``nofix``)."""
+def apply_color_fix(
+    target: torch.Tensor, source: torch.Tensor, method: str, wavelet_levels: int = WAVELET_LEVELS
+) -> torch.Tensor:
+    """Dispatch on ``method`` in :data:`COLOR_FIXES` (or the authors' alias ``nofix``); ``wavelet_levels``
+    is used by ``"wavelet"`` only."""
     method = check_color_fix(method)
+    check_wavelet_levels(wavelet_levels)
     if method == "adain":
         return adain_color_fix(target, source)
     if method == "wavelet":
-        return wavelet_color_fix(target, source)
+        return wavelet_color_fix(target, source, wavelet_levels)
     return target.float().clamp(0, 1)

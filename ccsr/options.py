@@ -12,6 +12,10 @@ COLOR_FIX_ALIASES: dict[str, str] = {"nofix": "none"}
 POSTPROCESS_MODES: tuple[str, ...] = ("reference", "float")
 #: Tile blending window (docs/algorithm.md §1.11): the authors' off-centre Gaussian, or a centred one.
 TILE_WINDOWS: tuple[str, ...] = ("reference", "symmetric")
+#: Levels of the wavelet colour fix (docs/algorithm.md §1.9): the decoded image keeps its finest ``levels``
+#: bands, the canvas gives the rest. The authors' code uses 5; a model may recommend fewer.
+WAVELET_LEVELS = 5
+MAX_WAVELET_LEVELS = 10
 
 
 def _check(what: str, value: str, choices: tuple[str, ...]) -> str:
@@ -31,3 +35,10 @@ def check_postprocess(mode: str) -> str:
 
 def check_tile_window(window: str) -> str:
     return _check("tile_window", window, TILE_WINDOWS)
+
+
+def check_wavelet_levels(levels: object) -> int:
+    """``levels`` as an int in ``1..MAX_WAVELET_LEVELS``; ``ValueError`` otherwise."""
+    if not isinstance(levels, int) or isinstance(levels, bool) or not 1 <= levels <= MAX_WAVELET_LEVELS:
+        raise ValueError(f"wavelet_levels={levels!r} must be an integer from 1 to {MAX_WAVELET_LEVELS}")
+    return levels

@@ -23,7 +23,7 @@ from PIL import Image
 from ccsr.encoding import decode_latent, encode_image, encode_prompts, vae_scale_factor
 from ccsr.image import make_canvas, pad_canvas, pil_to_tensor, plan_resize
 from ccsr.models.loading import REFERENCE_DEFAULTS
-from ccsr.options import check_color_fix, check_postprocess, check_tile_window
+from ccsr.options import check_color_fix, check_postprocess, check_tile_window, check_wavelet_levels
 from ccsr.postprocess import finish_images
 from ccsr.quiet import quiet_loading
 from ccsr.sampling import INITIAL_PROMPTS, InitialPrompt, Prompts, Tiles, sample_clean_latent
@@ -76,6 +76,11 @@ class CCSRPipeline(DiffusionPipeline):
     def default_border_pad(self) -> int:
         """What ``border_pad=None`` means (``inference_defaults["border_pad"]``)."""
         return int(self.inference_defaults["border_pad"])
+
+    @property
+    def default_wavelet_levels(self) -> int:
+        """What ``wavelet_levels=None`` means (``inference_defaults["wavelet_levels"]``)."""
+        return int(self.inference_defaults["wavelet_levels"])
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -254,6 +259,7 @@ class CCSRPipeline(DiffusionPipeline):
         color_fix: str | None = None,
         postprocess: str | None = None,
         border_pad: int | None = None,
+        wavelet_levels: int | None = None,
         start_timestep: int = DEFAULT_START_TIMESTEP,
         start_point: Literal["lr", "noise"] = "lr",
         initial_prompt: InitialPrompt = "reference",
@@ -286,6 +292,9 @@ class CCSRPipeline(DiffusionPipeline):
                 after the decoder, so the autoencoder's and UNet's zero padding darkens no image border
                 (a multiple of 8; 0 = the reference). ``None``: the model's recommendation
                 (:attr:`default_border_pad`, else 0). ``latents`` then cover the padded canvas.
+            wavelet_levels: bands of the decoded image the wavelet colour fix keeps (1-10; the authors'
+                code: 5); coarser ones come from the canvas. ``None``: the model's recommendation
+                (:attr:`default_wavelet_levels`, else 5).
             start_point: ``"lr"``: start from the LR latent noised to ``start_timestep``; ``"noise"``: pure noise.
             initial_prompt: conditioning of the extraction step when ``guidance_scale > 1``:
                 ``"reference"`` uses the negative prompt (as the published code and results),
@@ -317,6 +326,9 @@ class CCSRPipeline(DiffusionPipeline):
         plan = plan_resize(images[0].size, upscale, process_size)
         canvas = torch.cat([pil_to_tensor(make_canvas(im.convert("RGB"), plan)) for im in images]).to(device)
         pad = self.default_border_pad if border_pad is None else border_pad
+        levels = check_wavelet_levels(
+            self.default_wavelet_levels if wavelet_levels is None else wavelet_levels
+        )
         padded = pad_canvas(canvas, pad)
         latent_shape = self._latent_shape(len(images), padded, latents)
         tiles = latent_tiles(tile_size, tile_stride, self.vae_scale_factor)
@@ -360,7 +372,9 @@ class CCSRPipeline(DiffusionPipeline):
                 result: object = x
             else:
                 decoded = self._decode(x, pad)
-                result = finish_images(decoded, canvas, color_fix, plan.output_size, postprocess, output_type)
+                result = finish_images(
+                    decoded, canvas, color_fix, plan.output_size, postprocess, output_type, levels
+                )
         finally:
             if vae_tiling:
                 self.vae.disable_tiling()

@@ -25,18 +25,24 @@ from PIL import Image
 
 from ccsr.color import apply_color_fix
 from ccsr.image import resize_float, tensor_to_pil, tensor_to_uint8
-from ccsr.options import check_color_fix, check_postprocess
+from ccsr.options import WAVELET_LEVELS, check_color_fix, check_postprocess
 
 
 def reference_uint8(
-    decoded: torch.Tensor, canvas: torch.Tensor, color_fix: str, output_size: tuple[int, int]
+    decoded: torch.Tensor,
+    canvas: torch.Tensor,
+    color_fix: str,
+    output_size: tuple[int, int],
+    wavelet_levels: int = WAVELET_LEVELS,
 ) -> np.ndarray:
     """The authors' 8-bit path. ``decoded``: the decoder output mapped to ``[0, 1]``, ``(B, 3, H, W)``;
-    ``canvas``: the bicubic canvas in ``[0, 1]``; returns uint8 ``(B, H', W', 3)`` at ``output_size``."""
+    ``canvas``: the bicubic canvas in ``[0, 1]``; returns uint8 ``(B, H', W', 3)`` at ``output_size``.
+    ``wavelet_levels``: see :func:`ccsr.color.apply_color_fix` (the authors': 5)."""
     rounded = tensor_to_uint8(decoded)  # diffusers' numpy_to_pil: (x * 255).round()
     if check_color_fix(color_fix) != "none":
         as_float = torch.from_numpy(rounded).permute(0, 3, 1, 2).float().div(255)  # ToTensor
-        fixed = apply_color_fix(as_float, canvas.detach().to("cpu", torch.float32), color_fix)
+        source = canvas.detach().to("cpu", torch.float32)
+        fixed = apply_color_fix(as_float, source, color_fix, wavelet_levels)
         rounded = fixed.mul(255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # ToPILImage truncates
     size = (int(output_size[0]), int(output_size[1]))
     if rounded.shape[2:0:-1] == size:
@@ -45,10 +51,15 @@ def reference_uint8(
 
 
 def float_images(
-    decoded: torch.Tensor, canvas: torch.Tensor, color_fix: str, output_size: tuple[int, int]
+    decoded: torch.Tensor,
+    canvas: torch.Tensor,
+    color_fix: str,
+    output_size: tuple[int, int],
+    wavelet_levels: int = WAVELET_LEVELS,
 ) -> torch.Tensor:
     """The float path: colour fix and bicubic resize in float32, ``(B, 3, H', W')`` in ``[0, 1]``."""
-    return resize_float(apply_color_fix(decoded, canvas, color_fix), output_size).clamp(0, 1)
+    fixed = apply_color_fix(decoded, canvas, color_fix, wavelet_levels)
+    return resize_float(fixed, output_size).clamp(0, 1)
 
 
 def finish_images(
@@ -58,16 +69,17 @@ def finish_images(
     output_size: tuple[int, int],
     mode: str,
     output_type: str,
+    wavelet_levels: int = WAVELET_LEVELS,
 ) -> list[Image.Image] | np.ndarray | torch.Tensor:
     """Post-process with ``mode`` and return ``output_type`` (``"pil"``, ``"np"`` ``(B, H, W, 3)`` or ``"pt"``
     ``(B, 3, H, W)``, float in ``[0, 1]``). With ``"reference"`` the floats are the 8-bit values / 255, so
     rounding them x255 gives the authors' bytes back."""
     if check_postprocess(mode) == "float":
-        sr = float_images(decoded, canvas, color_fix, output_size)
+        sr = float_images(decoded, canvas, color_fix, output_size, wavelet_levels)
         if output_type == "pil":
             return tensor_to_pil(sr)
         return sr.permute(0, 2, 3, 1).cpu().numpy() if output_type == "np" else sr
-    pixels = reference_uint8(decoded, canvas, color_fix, output_size)
+    pixels = reference_uint8(decoded, canvas, color_fix, output_size, wavelet_levels)
     if output_type == "pil":
         return [Image.fromarray(a) for a in pixels]
     arr = pixels.astype(np.float32) / 255.0

@@ -22,6 +22,7 @@ from ccsr.models.loading import (
     load_components,
     recommended_border_pad,
     recommended_color_fix,
+    recommended_settings,
     resolve_paths,
     write_inference_defaults,
 )
@@ -211,6 +212,31 @@ def test_a_model_folder_recommends_its_border_pad(tiny_single_dir, tmp_path, pho
     (root / INFERENCE_DEFAULTS).write_text('{"border_pad": 5}')
     with pytest.raises(ValueError, match=r"inference_defaults.json: border_pad=5 must be a multiple of 8"):
         recommended_border_pad(root)
+
+
+def test_a_model_folder_recommends_its_wavelet_levels(tiny_single_dir, tmp_path, photo):
+    root = _copy(tiny_single_dir, tmp_path)
+    assert CCSRPipeline.from_pretrained(root).default_wavelet_levels == 5  # the authors' code
+    write_inference_defaults(root, "wavelet", wavelet_levels=3)
+    assert json.loads((root / INFERENCE_DEFAULTS).read_text()) == {
+        "color_fix": "wavelet",
+        "wavelet_levels": 3,
+    }
+    pipe = CCSRPipeline.from_pretrained(root)
+    assert pipe.default_wavelet_levels == 3
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    out = {
+        k: pipe(photo, process_size=32, wavelet_levels=k, generator=gen(), output_type="pt").images
+        for k in (None, 3, 5)
+    }
+    assert torch.equal(out[None], out[3]) and not torch.equal(out[None], out[5])
+    pipe.save_pretrained(tmp_path / "saved")
+    assert CCSRPipeline.from_pretrained(tmp_path / "saved").default_wavelet_levels == 3
+    with pytest.raises(ValueError, match="wavelet_levels=0"):
+        pipe(photo, process_size=32, wavelet_levels=0)
+    (root / INFERENCE_DEFAULTS).write_text('{"wavelet_levels": 12}')
+    with pytest.raises(ValueError, match=r"inference_defaults.json: wavelet_levels=12 must be an integer"):
+        recommended_settings(root)
 
 
 def test_from_unet_copies_encoder(tiny_components):

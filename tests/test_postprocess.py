@@ -103,7 +103,8 @@ CASES = [(2, 32), (4, 64), (2, 128)]  # 37x23 at x2, x4, and below the process s
 @pytest.mark.parametrize("color_fix", ["adain", "wavelet", "none"])
 def test_reference_postprocess_equals_the_authors_8bit_path_bit_for_bit(shipped, odd_photo, color_fix):
     for r, ps in CASES:
-        kw = dict(upscale=r, process_size=ps, color_fix=color_fix, border_pad=0)  # the canvas as the authors'
+        # the canvas and the wavelet fix as the authors' (ccsr-tiny recommends border_pad 16, 3 levels)
+        kw = dict(upscale=r, process_size=ps, color_fix=color_fix, border_pad=0, wavelet_levels=5)
         out = shipped(odd_photo, generator=gen(3), **kw).images[0]  # default: postprocess="reference"
         latents = shipped(odd_photo, generator=gen(3), output_type="latent", **kw).images
         with torch.no_grad():
@@ -128,12 +129,13 @@ def test_float_postprocess_is_the_float_path(shipped, odd_photo):
     plan = plan_resize(odd_photo.size, 2, 32)
     canvas = pil_to_tensor(make_canvas(odd_photo, plan))
     for color_fix in ("adain", "wavelet", "none"):
-        kw = dict(upscale=2, process_size=32, color_fix=color_fix, border_pad=0)
+        kw = dict(upscale=2, process_size=32, color_fix=color_fix, border_pad=0)  # the model's 3 levels
         out = shipped(odd_photo, generator=gen(4), postprocess="float", output_type="pt", **kw).images
         latents = shipped(odd_photo, generator=gen(4), output_type="latent", **kw).images
         with torch.no_grad():
             decoded = shipped._decode(latents)
-        expected = resize_float(apply_color_fix(decoded, canvas, color_fix), plan.output_size).clamp(0, 1)
+        fixed = apply_color_fix(decoded, canvas, color_fix, shipped.default_wavelet_levels)
+        expected = resize_float(fixed, plan.output_size).clamp(0, 1)
         assert torch.equal(out, expected)
 
 
@@ -221,6 +223,7 @@ def test_model_folder_recommends_postprocess_and_tile_window(tiny_single_dir, tm
         "postprocess": "reference",
         "tile_window": "reference",
         "border_pad": 0,
+        "wavelet_levels": 5,
     }
     write_inference_defaults(root, postprocess="float", tile_window="symmetric")
     pipe = CCSRPipeline.from_pretrained(root)
@@ -229,6 +232,7 @@ def test_model_folder_recommends_postprocess_and_tile_window(tiny_single_dir, tm
         "postprocess": "float",
         "tile_window": "symmetric",
         "border_pad": 0,
+        "wavelet_levels": 5,
     }
     kw = dict(process_size=32, tile_size=64, tile_stride=32, output_type="pt")
     rec = pipe(photo, generator=gen(0), **kw).images

@@ -86,6 +86,21 @@ def test_color_fix_dispatch():
         apply_color_fix(x, x, "hist")
 
 
+def test_wavelet_levels_choose_how_much_comes_from_the_output():
+    gen = torch.Generator().manual_seed(0)
+    x, src = torch.rand(1, 3, 40, 40, generator=gen), torch.rand(1, 3, 40, 40, generator=gen)
+    assert torch.equal(apply_color_fix(x, src, "wavelet"), wavelet_color_fix(x, src, 5))  # the authors'
+    three = apply_color_fix(x, src, "wavelet", 3)
+    assert torch.equal(three, wavelet_color_fix(x, src, 3))
+    # fewer levels keep fewer of the output's bands: the result moves towards the source
+    far = [(wavelet_color_fix(x, src, k) - src).abs().mean().item() for k in (1, 3, 5)]
+    assert far[0] < far[1] < far[2], far
+    assert torch.equal(apply_color_fix(x, src, "adain", 3), apply_color_fix(x, src, "adain"))
+    for bad in (0, 11, True, 2.0):
+        with pytest.raises(ValueError, match=r"wavelet_levels=.* must be an integer from 1 to 10"):
+            apply_color_fix(x, src, "wavelet", bad)
+
+
 # ---------------------------------------------------------------- diffusion maths
 def test_add_noise_and_predict_x0_invert_each_other():
     from diffusers import DDPMScheduler

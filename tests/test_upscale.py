@@ -219,6 +219,25 @@ def test_colour_fix_defaults_to_the_models_recommendation(tmp_path, capsys, comm
     assert not (tmp_path / "bad").exists() or not images_under(tmp_path / "bad")
 
 
+def test_wavelet_levels_follow_the_model_unless_given(tmp_path, capsys, common, tiny_model_dir):
+    from ccsr.models.loading import write_inference_defaults
+
+    src = simple_folder(tmp_path / "in", 1)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_inference_defaults(model, "wavelet", wavelet_levels=3)  # as ccsr-tiny's release does
+    settings = lambda out: json.loads((out / "run.json").read_text())["settings"]  # noqa: E731
+
+    assert run(capsys, src, tmp_path / "rec", *common, "--model", model)[0] == 0
+    assert settings(tmp_path / "rec")["wavelet_levels"] == 3
+    assert run(capsys, src, tmp_path / "five", *common, "--model", model, "--wavelet-levels", "5")[0] == 0
+    assert "wavelet_levels" not in settings(tmp_path / "five")  # the authors' value
+    assert images_under(tmp_path / "five") != images_under(tmp_path / "rec")
+    rc, _, stderr = run(capsys, src, tmp_path / "bad", *common, "--wavelet-levels", "0")
+    assert rc == 2 and "--wavelet-levels 0: give 1 to 10" in stderr, stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_postprocess_and_tile_window_are_recorded_and_resume_never_mixes_them(tmp_path, capsys, common):
     src = simple_folder(tmp_path / "in", 1)
     settings = lambda out: json.loads((out / "run.json").read_text())["settings"]  # noqa: E731

@@ -30,6 +30,7 @@ RECOMMENDED = {
     "postprocess": "reference",
     "tile_window": "symmetric",
     "border_pad": 16,
+    "wavelet_levels": 3,
 }
 
 
@@ -59,6 +60,7 @@ def test_recorded_settings_keep_their_keys_values_and_hash():
         "postprocess": "reference",
         "tile_window": "symmetric",
         "border_pad": 16,
+        "wavelet_levels": 3,
         "precision": "fp32",
         "tiling": {
             "latent": "auto",
@@ -85,6 +87,11 @@ def test_recorded_settings_keep_their_keys_values_and_hash():
         plain.steps = 3  # type: ignore[misc]
     plain.as_dict()["model"]["unet"] = "changed"  # a copy: the settings and their hash stay
     assert plain.model == {} and plain.hash == settings_hash(plain.as_dict())
+
+    # the authors' 5 wavelet levels are not recorded, so that run folders of earlier versions keep their hash
+    five = resolve_settings(_cfg(wavelet_levels=5), 1, {}, "fp32", RECOMMENDED)
+    assert five.wavelet_levels == 5 and "wavelet_levels" not in five.as_dict()
+    assert five.pipeline_kwargs(8)["wavelet_levels"] == 5
 
 
 def test_a_schedule_the_reference_would_crash_on_is_refused_naming_the_step_count():

@@ -141,6 +141,14 @@ def _image_arguments(parser: argparse.ArgumentParser) -> None:
         "inference_defaults.json, wavelet for --model tiny; adain, the reference's, otherwise)",
     )
     g.add_argument(
+        "--wavelet-levels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bands of the model's output the wavelet colour fix keeps, 1-10; coarser ones come from the "
+        "input (default: the model's inference_defaults.json, 3 for --model tiny; 5, the reference's, otherwise)",
+    )
+    g.add_argument(
         "--postprocess",
         choices=POSTPROCESS_MODES,
         default=None,
@@ -263,7 +271,7 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("no model: pass --model FOLDER|HUB_ID|tiny, or set CCSR_MODEL")
     names = (
         "model base controlnet vae allow_pickle num_inference_steps t_max t_min start_timestep start_point "
-        "guidance_scale prompt negative_prompt scale process_size color_fix postprocess tile_window seed samples precision device tiling "
+        "guidance_scale prompt negative_prompt scale process_size color_fix wavelet_levels postprocess tile_window seed samples precision device tiling "
         "tile_size tile_stride tile_batch tile_threshold vae_tiling output_format quality recursive overwrite "
         "max_pixels max_output_pixels frames workers channels_last compile quiet log_jsonl report report_gt"
     ).split()

@@ -12,8 +12,8 @@ Accepted layouts (docs/algorithm.md §2.5):
   ``ROOT/{unet,text_encoder,tokenizer,scheduler,controlnet,vae}/``.
 
 A model folder may also hold ``inference_defaults.json`` with the settings its authors recommend
-(``color_fix``, ``postprocess``, ``tile_window``, ``border_pad``; ccsr-tiny ships ``{"color_fix": "wavelet",
-"border_pad": 16}``). Without it, or for a key it does not name, the reference's behaviour applies.
+(``color_fix``, ``postprocess``, ``tile_window``, ``border_pad``, ``wavelet_levels``; ccsr-tiny ships
+``{"color_fix": "wavelet", "border_pad": 16, "wavelet_levels": 3}``). Without it, or for a key it does not name, the reference's behaviour applies.
 :func:`recommended_settings` reads it.
 
 Any component can be pointed elsewhere with ``base=``, ``controlnet=`` or ``vae=`` (the reference's
@@ -32,6 +32,7 @@ import torch
 
 from ccsr.diffusion import PREDICTION_TYPES
 from ccsr.models.shipped import resolve_model_root
+from ccsr.options import WAVELET_LEVELS
 from ccsr.quiet import quiet_loading
 
 if TYPE_CHECKING:
@@ -131,14 +132,21 @@ REFERENCE_DEFAULTS: dict[str, str | int] = {
     "postprocess": "reference",
     "tile_window": "reference",
     "border_pad": 0,  # pixels mirrored around the canvas before encoding, cropped after decoding
+    "wavelet_levels": WAVELET_LEVELS,  # bands of the decoded image the wavelet colour fix keeps
 }
 DEFAULT_COLOR_FIX = REFERENCE_DEFAULTS["color_fix"]
 
 
 def _problem(key: str, value: object) -> str | None:
     """What is wrong with ``value`` for the inference default ``key``, or ``None``."""
-    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS, check_wavelet_levels
 
+    if key == "wavelet_levels":
+        try:
+            check_wavelet_levels(value)
+        except ValueError as e:
+            return str(e)
+        return None
     if key == "border_pad":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value % 8 == 0
         return None if ok else f"border_pad={value!r} must be a multiple of 8 >= 0"

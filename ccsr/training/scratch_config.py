@@ -169,16 +169,22 @@ class RecipeConfig:
     color_fix: str = "adain"
     #: pixels mirrored around the canvas at inference (the release's inference_defaults.json); 0: none
     border_pad: int = 0
+    #: bands of the decoded image the wavelet colour fix keeps (inference_defaults.json); 5: the reference's
+    wavelet_levels: int = 5
     #: a folder written by `ccsr data tiny-set` (train/ and eval/); null: scikit-image's photographs
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        from ccsr.options import COLOR_FIXES
+        from ccsr.options import COLOR_FIXES, MAX_WAVELET_LEVELS
 
         check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
         check(
             self.border_pad >= 0 and self.border_pad % 8 == 0,
             f"border_pad={self.border_pad} must be a multiple of 8 >= 0",
+        )
+        check(
+            1 <= self.wavelet_levels <= MAX_WAVELET_LEVELS,
+            f"wavelet_levels={self.wavelet_levels} must be 1 to {MAX_WAVELET_LEVELS}",
         )
         check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")
         check(

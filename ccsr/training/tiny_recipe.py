@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ccsr.config import load_config
+from ccsr.options import WAVELET_LEVELS
 from ccsr.training.loop import TrainResult
 from ccsr.training.scratch_config import RECIPE_STAGES, RecipeConfig
 from ccsr.training.stages import load_stage
@@ -57,13 +58,18 @@ def stage_overrides(
 
 
 def export_release(
-    root: Path, release: Path, dtype: str = "float32", color_fix: str = "adain", border_pad: int = 0
+    root: Path,
+    release: Path,
+    dtype: str = "float32",
+    color_fix: str = "adain",
+    border_pad: int = 0,
+    wavelet_levels: int = WAVELET_LEVELS,
 ) -> Path:
     """Assemble base model + stage-1 ControlNet + stage-2 VAE into one folder (``layout="single"``),
     written beside ``release`` and renamed into place; every component reloads strictly first.
     ``dtype="float16"`` halves the files (training and inference stay float32: loaders upcast).
-    ``color_fix`` other than adain and a non-zero ``border_pad`` are recorded in ``inference_defaults.json``
-    (the release's defaults)."""
+    ``color_fix``, ``border_pad`` and ``wavelet_levels`` other than the reference's are recorded in
+    ``inference_defaults.json`` (the release's defaults)."""
     import torch
 
     from ccsr.atomic import replace_dir_atomically
@@ -81,8 +87,9 @@ def export_release(
 
     def write(tmp: Path) -> None:
         save_release_layout(comps, tmp, layout="single", record_prediction=True)
-        if color_fix != "adain" or border_pad:
-            write_inference_defaults(tmp, color_fix, border_pad=border_pad)
+        extra = {"wavelet_levels": wavelet_levels} if wavelet_levels != WAVELET_LEVELS else {}
+        if color_fix != "adain" or border_pad or extra:
+            write_inference_defaults(tmp, color_fix, border_pad=border_pad, **extra)
 
     return replace_dir_atomically(release, write)
 
@@ -135,7 +142,7 @@ def run(cfg: RecipeConfig) -> TrainResult:
         logger.info("tiny-recipe: %s done in %.0f s (%d steps)", name, timings[name], result.global_step)
 
     release = Path(cfg.release_dir) if cfg.release_dir is not None else root / "ccsr-tiny"
-    export_release(root, release, cfg.release_dtype, cfg.color_fix, cfg.border_pad)
+    export_release(root, release, cfg.release_dtype, cfg.color_fix, cfg.border_pad, cfg.wavelet_levels)
     log = root / "recipe_timings.json"
     previous = json.loads(log.read_text()) if log.is_file() else {}
     log.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS
+from ccsr.options import COLOR_FIXES, MAX_WAVELET_LEVELS, POSTPROCESS_MODES, TILE_WINDOWS
 from ccsr.upscale.limits import DEFAULT_MAX_OUTPUT_PIXELS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -41,6 +41,7 @@ class UpscaleConfig:
     scale: int = 4
     process_size: int = 512
     color_fix: str | None = None  # None: the model folder's recommendation, else "adain" (reference)
+    wavelet_levels: int | None = None  # None: the model folder's recommendation, else 5 (reference)
     postprocess: str | None = None  # None: the model folder's recommendation, else "reference"
     tile_window: str | None = None  # None: the model folder's recommendation, else "reference"
     # randomness: sample k of every image uses seed + k
@@ -117,6 +118,10 @@ class UpscaleConfig:
         need(
             self.color_fix is None or self.color_fix in COLOR_FIXES,
             f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
+        )
+        need(
+            self.wavelet_levels is None or 1 <= self.wavelet_levels <= MAX_WAVELET_LEVELS,
+            f"--wavelet-levels {self.wavelet_levels}: give 1 to {MAX_WAVELET_LEVELS}",
         )
         need(
             self.postprocess is None or self.postprocess in POSTPROCESS_MODES,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
+from ccsr.options import WAVELET_LEVELS
 from ccsr.schedule import leading_timesteps, make_schedule, preset_for_steps
 from ccsr.upscale import derived
 from ccsr.upscale.config import UpscaleConfig
@@ -34,6 +35,7 @@ PIPELINE_KEYS = (
     "color_fix",
     "tile_window",
     "border_pad",
+    "wavelet_levels",
 )
 
 
@@ -85,6 +87,7 @@ class RunSettings:
     postprocess: str
     tile_window: str
     border_pad: int
+    wavelet_levels: int
     precision: str
     tiling: TileSettings
     format: str
@@ -97,6 +100,8 @@ class RunSettings:
         out = asdict(self)
         if self.select is None:
             del out["select"]
+        if self.wavelet_levels == WAVELET_LEVELS:  # the reference's: run folders of earlier versions resume
+            del out["wavelet_levels"]
         return out
 
     @cached_property
@@ -153,6 +158,7 @@ def resolve_settings(
         postprocess=cfg.postprocess or recommended["postprocess"],
         tile_window=cfg.tile_window or recommended["tile_window"],
         border_pad=recommended["border_pad"],
+        wavelet_levels=cfg.wavelet_levels or recommended["wavelet_levels"],
         precision=precision,
         tiling=TileSettings.of(cfg),
         format=cfg.output_format,
