@@ -37,8 +37,13 @@ def check_tile_window(window: str) -> str:
     return _check("tile_window", window, TILE_WINDOWS)
 
 
+def wavelet_levels_ok(levels: object) -> bool:
+    """Whether ``levels`` is an int in ``1..MAX_WAVELET_LEVELS``."""
+    return isinstance(levels, int) and not isinstance(levels, bool) and 1 <= levels <= MAX_WAVELET_LEVELS
+
+
 def check_wavelet_levels(levels: object) -> int:
-    """``levels`` as an int in ``1..MAX_WAVELET_LEVELS``; ``ValueError`` otherwise."""
-    if not isinstance(levels, int) or isinstance(levels, bool) or not 1 <= levels <= MAX_WAVELET_LEVELS:
+    """``levels`` if :func:`wavelet_levels_ok`; ``ValueError`` otherwise."""
+    if not wavelet_levels_ok(levels):
         raise ValueError(f"wavelet_levels={levels!r} must be an integer from 1 to {MAX_WAVELET_LEVELS}")
-    return levels
+    return levels  # type: ignore[return-value]

@@ -13,7 +13,8 @@ Accepted layouts (docs/algorithm.md §2.5):
 
 A model folder may also hold ``inference_defaults.json`` with the settings its authors recommend
 (``color_fix``, ``postprocess``, ``tile_window``, ``border_pad``, ``wavelet_levels``; ccsr-tiny ships
-``{"color_fix": "wavelet", "border_pad": 16, "wavelet_levels": 3}``). Without it, or for a key it does not name, the reference's behaviour applies.
+``{"color_fix": "wavelet", "border_pad": 16, "wavelet_levels": 3}``). Without it, or for a key it does
+not name, the reference's behaviour applies.
 :func:`recommended_settings` reads it.
 
 Any component can be pointed elsewhere with ``base=``, ``controlnet=`` or ``vae=`` (the reference's
@@ -32,7 +33,13 @@ import torch
 
 from ccsr.diffusion import PREDICTION_TYPES
 from ccsr.models.shipped import resolve_model_root
-from ccsr.options import WAVELET_LEVELS
+from ccsr.options import (
+    COLOR_FIXES,
+    POSTPROCESS_MODES,
+    TILE_WINDOWS,
+    WAVELET_LEVELS,
+    check_wavelet_levels,
+)
 from ccsr.quiet import quiet_loading
 
 if TYPE_CHECKING:
@@ -139,8 +146,6 @@ DEFAULT_COLOR_FIX = REFERENCE_DEFAULTS["color_fix"]
 
 def _problem(key: str, value: object) -> str | None:
     """What is wrong with ``value`` for the inference default ``key``, or ``None``."""
-    from ccsr.options import COLOR_FIXES, POSTPROCESS_MODES, TILE_WINDOWS, check_wavelet_levels
-
     if key == "wavelet_levels":
         try:
             check_wavelet_levels(value)

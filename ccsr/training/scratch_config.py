@@ -175,7 +175,7 @@ class RecipeConfig:
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        from ccsr.options import COLOR_FIXES, MAX_WAVELET_LEVELS
+        from ccsr.options import COLOR_FIXES, MAX_WAVELET_LEVELS, wavelet_levels_ok
 
         check(self.train_min_side >= 8, f"train_min_side={self.train_min_side} must be >= 8")
         check(
@@ -183,7 +183,7 @@ class RecipeConfig:
             f"border_pad={self.border_pad} must be a multiple of 8 >= 0",
         )
         check(
-            1 <= self.wavelet_levels <= MAX_WAVELET_LEVELS,
+            wavelet_levels_ok(self.wavelet_levels),
             f"wavelet_levels={self.wavelet_levels} must be 1 to {MAX_WAVELET_LEVELS}",
         )
         check(self.color_fix in COLOR_FIXES, f"color_fix={self.color_fix!r} must be one of {COLOR_FIXES}")

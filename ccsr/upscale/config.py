@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ccsr.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from ccsr.options import COLOR_FIXES, MAX_WAVELET_LEVELS, POSTPROCESS_MODES, TILE_WINDOWS
+from ccsr.options import COLOR_FIXES, MAX_WAVELET_LEVELS, POSTPROCESS_MODES, TILE_WINDOWS, wavelet_levels_ok
 from ccsr.upscale.limits import DEFAULT_MAX_OUTPUT_PIXELS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -120,7 +120,7 @@ class UpscaleConfig:
             f"--color-fix {self.color_fix!r}: choose one of {COLOR_FIXES}",
         )
         need(
-            self.wavelet_levels is None or 1 <= self.wavelet_levels <= MAX_WAVELET_LEVELS,
+            self.wavelet_levels is None or wavelet_levels_ok(self.wavelet_levels),
             f"--wavelet-levels {self.wavelet_levels}: give 1 to {MAX_WAVELET_LEVELS}",
         )
         need(
