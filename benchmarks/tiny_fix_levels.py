@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from tiny_quality import load_set, resized, score
 
-from ccsr.color import wavelet_color_fix
 from ccsr.image import make_canvas, pil_to_tensor, plan_resize
+from ccsr.postprocess import reference_uint8
 
 PROCESS_SIZE = 512
 
@@ -53,10 +52,9 @@ def decoded_and_canvas(
 
 
 def finish(decoded: torch.Tensor, canvas: torch.Tensor, levels: int, size: tuple[int, int]) -> torch.Tensor:
-    """The reference's 8-bit path (``ccsr.postprocess.reference_uint8``) with ``levels`` wavelet levels."""
-    fixed = wavelet_color_fix(decoded, canvas, levels).mul(255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
-    small = np.asarray(Image.fromarray(fixed).resize(size, Image.Resampling.BICUBIC))
-    return torch.from_numpy(small.copy()).permute(2, 0, 1)[None].float() / 255
+    """The reference's 8-bit path with ``levels`` wavelet levels, as floats in [0, 1]."""
+    pixels = reference_uint8(decoded, canvas, "wavelet", size, levels)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
 
 
 def main() -> int:
